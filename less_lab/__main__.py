@@ -1,0 +1,7 @@
+"""``python -m less_lab ...`` is ``less-lab ...`` (and what ``torchrun -m less_lab`` runs)."""
+
+import sys
+
+from .cli import main
+
+sys.exit(main())

@@ -1,0 +1,231 @@
+"""``Lab``: a run directory that caches every stage, for notebooks and the CLI.
+
+    lab = Lab("runs/mmlu", model="smollm2-135m")
+    lab.load_pool("data/pool")                   # open-instruct or prompt/completion JSONL
+    lab.add_target("mmlu", "data/eval/mmlu")     # LESS layouts or JSONL with `subtask`
+    lab.warmup()                                 # LoRA checkpoints + Adam moments
+    scores = lab.scores("mmlu")                  # one row per pool example
+    top = lab.select("mmlu")                     # writes selections/mmlu/selected.jsonl
+
+Every stage writes under the run directory and is reused when asked again with the same
+settings; a stage made with other settings is refused with both values named.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+from pathlib import Path
+
+import polars as pl
+
+from . import pipeline
+from .config import (
+    DataConfig,
+    GradientConfig,
+    ScoreConfig,
+    SelectConfig,
+    WarmupConfig,
+    fingerprint,
+    to_dict,
+)
+from .datastore import Store
+from .selection import select_top, write_selection
+from .training import Checkpoint
+
+
+class Lab:
+    """A LESS run: configs, data, the selection model and cached stage outputs."""
+
+    def __init__(
+        self,
+        run_dir: str | Path,
+        *,
+        model: str = "smollm2-135m",
+        data: DataConfig = DataConfig(),
+        warmup: WarmupConfig = WarmupConfig(),
+        gradients: GradientConfig = GradientConfig(),
+        scoring: ScoreConfig = ScoreConfig(),
+        select: SelectConfig = SelectConfig(),
+        progress: bool = True,
+    ):
+        self.run_dir = Path(run_dir)
+        self.model_name = model
+        self.data_cfg, self.warmup_cfg, self.grad_cfg = data, warmup, gradients
+        self.score_cfg, self.select_cfg = scoring, select
+        self.progress = progress
+        self.pool: pl.DataFrame | None = None
+        self.targets: dict[str, pl.DataFrame] = {}
+        self.dropped: dict[str, pl.DataFrame] = {}
+        self._tokenized: dict[str, pl.DataFrame] = {}
+        self._model = self._tokenizer = self._peft = None
+        self._model_fp = ""
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        (self.run_dir / "lab.json").write_text(json.dumps(self.settings(), indent=1))
+
+    # ----------------------------------------------------------------- configuration
+    def settings(self) -> dict:
+        """All configs as one JSON-ready dict (recorded in ``lab.json``)."""
+        return {"model": self.model_name, "data": to_dict(self.data_cfg),
+                "warmup": to_dict(self.warmup_cfg), "gradients": to_dict(self.grad_cfg),
+                "scoring": to_dict(self.score_cfg), "select": to_dict(self.select_cfg)}
+
+    def __repr__(self) -> str:
+        lines = [f"Lab({str(self.run_dir)!r}, model={self.model_name!r})"]
+        pool = "not loaded" if self.pool is None else f"{self.pool.height} examples"
+        lines.append(f"  pool: {pool}")
+        for name, t in self.targets.items():
+            lines.append(f"  target {name}: {t.height} examples, {t['subtask'].n_unique()} subtasks")
+        ckpts = self.checkpoints()
+        lines.append(f"  warmup: {len(ckpts)}/{self.warmup_cfg.train.epochs} checkpoints")
+        for name in ["pool", *self.targets]:
+            done = sum((d / "meta.json").exists() for d in self._store_dirs(name))
+            lines.append(f"  datastore {name}: {done}/{len(ckpts) or '?'} checkpoints complete")
+        return "\n".join(lines)
+
+    # -------------------------------------------------------------------------- data
+    def load_pool(self, paths, *, on_error: str = "raise") -> pl.DataFrame:
+        """Read the candidate pool (files or directories of JSONL)."""
+        from .data import read_pool
+
+        return self.set_pool(read_pool(paths, on_error=on_error))
+
+    def set_pool(self, frame: pl.DataFrame) -> pl.DataFrame:
+        """Use an already-read pool frame (e.g. ``demo_data.demo_pool()``)."""
+        self.pool = frame
+        self._tokenized.pop("pool", None)
+        return frame
+
+    def add_target(self, name: str, source) -> pl.DataFrame:
+        """Register a target: a path in a LESS layout / JSONL, or a frame with ``subtask``."""
+        from .data import read_targets
+
+        if name == "pool" or "/" in name:
+            raise ValueError(f"target name {name!r} is reserved or not a plain name")
+        frame = source if isinstance(source, pl.DataFrame) else read_targets(source)
+        self.targets[name] = frame
+        self._tokenized.pop(name, None)
+        return frame
+
+    def tokenized(self, split: str) -> pl.DataFrame:
+        """Tokenized pool (``"pool"``) or target; dropped examples land in ``self.dropped``."""
+        if split not in self._tokenized:
+            from .data import tokenize
+
+            frame = self.pool if split == "pool" else self.targets.get(split)
+            if frame is None:
+                raise KeyError(f"no {split!r} data: call load_pool/add_target first")
+            tok, dropped = tokenize(frame, self.tokenizer, self.data_cfg)
+            self._tokenized[split], self.dropped[split] = tok, dropped
+        return self._tokenized[split]
+
+    # ------------------------------------------------------------------------- model
+    @property
+    def tokenizer(self):
+        self._load_model()
+        return self._tokenizer
+
+    @property
+    def model(self):
+        """The selection model with its LoRA adapter (PEFT), loaded on first use."""
+        self._load_model()
+        if self._peft is None:
+            from .lora import add_lora
+
+            train = self.warmup_cfg.train
+            self._peft = add_lora(self._model, train.lora, seed=train.seed)
+        return self._peft
+
+    def _load_model(self) -> None:
+        if self._model is None:
+            from .models import load_model, model_fingerprint
+
+            self._model, self._tokenizer = load_model(self.model_name)
+            self._model_fp = model_fingerprint(self._model)
+
+    def use_model(self, model, tokenizer) -> None:
+        """Use an in-memory model (e.g. ``less_lab.tiny``) instead of loading by name."""
+        from .models import model_fingerprint
+
+        self._model, self._tokenizer, self._peft = model, tokenizer, None
+        self._model_fp = model_fingerprint(model)
+        self._tokenized.clear()
+
+    # ------------------------------------------------------------------------ stages
+    def warmup(self) -> list[Checkpoint]:
+        """Warmup LoRA training (cached per epoch; resumes after an interruption)."""
+        return pipeline.warmup(self.model, self.tokenized("pool"), self.warmup_cfg,
+                               self.run_dir / "warmup", pad_id=self.tokenizer.pad_token_id,
+                               model_fingerprint=self._model_fp, progress=self.progress)
+
+    def checkpoints(self) -> list[Checkpoint]:
+        """Finished warmup checkpoints on disk (empty before ``warmup``)."""
+        root = self.run_dir / "warmup"
+        found = sorted(root.glob("epoch-*/state.json"), key=lambda p: int(p.parent.name[6:]))
+        return [Checkpoint.load(p.parent) for p in found]
+
+    def _store_dirs(self, split: str, feature: str | None = None) -> list[Path]:
+        g = self.grad_cfg
+        feature = feature or ("adam" if split == "pool" else "sgd")
+        tag = f"{feature}-{g.projection}-d{g.proj_dim}-s{g.proj_seed}-{fingerprint(g)[:6]}"
+        return [self.run_dir / "stores" / split / c.path.name / tag for c in self.checkpoints()]
+
+    def datastore(self, split: str = "pool", feature: str | None = None) -> list[Store]:
+        """Gradient features of ``split`` at every checkpoint (pool: ``adam``; targets:
+        ``sgd``, as in the paper). Built once, resumed if interrupted, then reused."""
+        ckpts = self.checkpoints() or self.warmup()
+        feature = feature or ("adam" if split == "pool" else "sgd")
+        stores = []
+        for ckpt, path in zip(ckpts, self._store_dirs(split, feature), strict=True):
+            stores.append(pipeline.extract_store(
+                self.model, self.tokenized(split), path, split=split, feature=feature,
+                cfg=self.grad_cfg, checkpoint=ckpt, pad_id=self.tokenizer.pad_token_id,
+                model_fingerprint=self._model_fp, progress=self.progress))
+        return stores
+
+    def subtask_scores(self, target: str, feature: str | None = None) -> pl.DataFrame:
+        """Long frame ``example_id, source, subtask, score`` (one row per subtask)."""
+        return self._score(target, feature)[0]
+
+    def scores(self, target: str, feature: str | None = None) -> pl.DataFrame:
+        """One row per pool example: best subtask and its score (paper: max over subtasks)."""
+        return self._score(target, feature)[1]
+
+    def _score(self, target: str, feature: str | None):
+        pool_stores = self.datastore("pool", feature)
+        target_stores = self.datastore(target)
+        lrs = [c.lr for c in self.checkpoints()]
+        return pipeline.score(pool_stores, target_stores, self.targets[target], lrs,
+                              self.score_cfg, self.pool)
+
+    def select(self, target: str, cfg: SelectConfig | None = None, *,
+               feature: str | None = None) -> pl.DataFrame:
+        """Top examples for ``target``; writes ``selections/<target>/`` (jsonl + parquet)."""
+        cfg = cfg or self.select_cfg
+        long, agg = self._score(target, feature)
+        top = select_top(agg, cfg)
+        top = top.join(self.pool.select("example_id", *self._extra_pool_columns()),
+                       on="example_id", how="left")
+        out = self.run_dir / "selections" / target
+        self.last_paths = write_selection(top, self.pool, out, scores=long)
+        return top
+
+    def _extra_pool_columns(self) -> list[str]:
+        return [c for c in ("skill", "form") if self.pool is not None and c in self.pool.columns]
+
+    def with_config(self, **changes) -> Lab:
+        """A Lab on the same run dir and data with some configs replaced, e.g.
+        ``lab.with_config(scoring=replace(lab.score_cfg, method="dot"))``."""
+        kwargs = {"data": self.data_cfg, "warmup": self.warmup_cfg, "gradients": self.grad_cfg,
+                  "scoring": self.score_cfg, "select": self.select_cfg, **changes}
+        lab = Lab(self.run_dir, model=self.model_name, progress=self.progress, **kwargs)
+        lab.pool, lab.targets = self.pool, dict(self.targets)
+        lab._model, lab._tokenizer, lab._model_fp = self._model, self._tokenizer, self._model_fp
+        lab._peft = self._peft
+        if "warmup" in changes:  # another LoRA shape needs a fresh, un-wrapped base model
+            lab._model = lab._tokenizer = lab._peft = None
+        lab._tokenized = dict(self._tokenized) if "data" not in changes else {}
+        return lab
+
+
+__all__ = ["Lab", "replace"]
