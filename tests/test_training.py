@@ -115,3 +115,39 @@ def test_incomplete_checkpoint_is_refused(tmp_path):
     (tmp_path / "epoch-1" / "state.json").write_text(json.dumps(
         {"epoch": 1, "step": 3, "lr": 1e-5, "betas": [0.9, 0.999], "eps": 1e-8}))
     assert Checkpoint.load(tmp_path / "epoch-1").step == 3
+
+
+def _fake_hf_checkpoint(model, tmp_path, by_name: bool):
+    """What transformers.Trainer writes: adapter, optimizer.pt (int or name keys), state."""
+    params = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    opt = torch.optim.AdamW([p for _, p in params], lr=1e-3, betas=(0.9, 0.95), eps=1e-6)
+    for p in opt.param_groups[0]["params"]:
+        p.grad = torch.randn_like(p)
+    opt.step()
+    sd = opt.state_dict()
+    if by_name:
+        names = [n for n, _ in params]
+        sd["state"] = {names[i]: v for i, v in sd["state"].items()}
+        sd["param_groups"][0]["params"] = names
+    src = tmp_path / "checkpoint-30"
+    model.save_pretrained(src)
+    torch.save(sd, src / "optimizer.pt")
+    (src / "trainer_state.json").write_text(json.dumps({"epoch": 1.0, "global_step": 1,
+        "log_history": [{"epoch": 0.5, "learning_rate": 2e-5}, {"epoch": 1.0, "learning_rate": 1e-5}]}))
+    return opt, params
+
+
+@pytest.mark.parametrize("by_name", [False, True])
+def test_import_hf_trainer_checkpoint(tiny_tokenizer, tmp_path, by_name):
+    from less_lab.lora import canonical_name
+    from less_lab.training import import_hf_checkpoint
+
+    model = add_lora(tiny_llama(tiny_tokenizer, seed=0), CFG.lora)
+    opt, params = _fake_hf_checkpoint(model, tmp_path, by_name)
+    ckpt = import_hf_checkpoint(tmp_path / "checkpoint-30", model, tmp_path / "ours")
+    assert ckpt.lr == pytest.approx(1.5e-5) and ckpt.step == 1
+    assert ckpt.betas == (0.9, 0.95) and ckpt.eps == 1e-6
+    state = ckpt.adam_state()
+    for name, p in params:
+        torch.testing.assert_close(state.exp_avg_sq[canonical_name(name)], opt.state[p]["exp_avg_sq"])
+    load_adapter(model, ckpt)  # adapter weights line up with the model
