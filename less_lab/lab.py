@@ -98,7 +98,7 @@ class Lab:
 
     def add_target(self, name: str, source) -> pl.DataFrame:
         """Register a target: a path in a LESS layout / JSONL, or a frame with ``subtask``."""
-        from .data import read_targets
+        from .targets import read_targets
 
         if name == "pool" or "/" in name:
             raise ValueError(f"target name {name!r} is reserved or not a plain name")
