@@ -1,0 +1,157 @@
+"""Datastore build throughput vs the floor and vs the reference method (issue 3).
+
+On the same real pool examples, in one run, for each LoRA rank:
+  (a) plain forward+backward: ``model(**batch).loss.backward()`` over the same
+      token-budget batches (the physical floor of any gradient method);
+  (b) less_lab's datastore build: batched per-example gradients → Adam features → projection
+      → memmap store (``pipeline.extract_store``), end to end;
+  (c) the reference method: batch size 1, ``param.grad`` per example, Adam transform, trak's
+      ``BasicProjector`` on CPU (timed on a few examples: it is very slow).
+Prints examples/s and the ratios (b)/(a) and (b)/(c). Peak RSS is printed at the end.
+
+    python benchmarks/datastore_throughput.py --data ../shared/data --n 48 --ranks 8 128
+"""
+
+from __future__ import annotations
+
+import argparse
+import resource
+import shutil
+import tempfile
+import time
+from pathlib import Path
+
+import polars as pl
+import torch
+from safetensors.torch import save_file
+
+from less_lab.batching import collate, token_budget_batches
+from less_lab.config import DataConfig, GradientConfig, LoraSettings
+from less_lab.data import read_pool, tokenize
+from less_lab.gradients import AdamState, to_features
+from less_lab.lora import add_lora, block_names, canonical_name
+from less_lab.models import load_model
+from less_lab.pipeline import extract_store
+from less_lab.training import Checkpoint
+
+
+def sample_pool(data_dir: Path, n: int, seed: int = 0) -> pl.DataFrame:
+    """``n`` examples drawn evenly from every pool file (a fixed, seeded sample)."""
+    pool = read_pool(data_dir / "pool")
+    per = max(1, n // pool["source"].n_unique())
+    parts = [g.sample(min(per, g.height), seed=seed) for _, g in pool.group_by("source")]
+    return pl.concat(parts).sort("example_id").head(n)
+
+
+def fake_checkpoint(model, path: Path, seed: int = 0) -> Checkpoint:
+    """A checkpoint with random but realistic Adam moments (the timing does not depend on
+    their values), so the benchmark needs no warmup run."""
+    gen = torch.Generator().manual_seed(seed)
+    tensors = {}
+    for name, p in model.named_parameters():
+        if p.requires_grad:
+            key = canonical_name(name)
+            tensors[f"{key}.exp_avg"] = torch.randn(p.shape, generator=gen) * 1e-4
+            tensors[f"{key}.exp_avg_sq"] = torch.rand(p.shape, generator=gen) * 1e-8
+    path.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(path / "adapter")
+    save_file(tensors, path / "optimizer.safetensors")
+    (path / "state.json").write_text('{"epoch": 1, "step": 100, "lr": 2e-5, '
+                                     '"betas": [0.9, 0.999], "eps": 1e-8}')
+    return Checkpoint.load(path)
+
+
+def time_plain(model, tok: pl.DataFrame, cfg: GradientConfig, pad_id: int) -> float:
+    """(a) examples/s of HF forward+backward over the same token-budget batches."""
+    model.eval()
+    lengths = tok["n_tokens"].to_list()
+    start = time.perf_counter()
+    for group in token_budget_batches(lengths, cfg.token_budget, cfg.max_batch_examples):
+        batch = collate([tok["input_ids"][i] for i in group], [tok["labels"][i] for i in group],
+                        pad_id)
+        model(**batch).loss.backward()
+        model.zero_grad(set_to_none=True)
+    return tok.height / (time.perf_counter() - start)
+
+
+def time_less(model, tok, cfg, ckpt, pad_id, root: Path) -> float:
+    """(b) examples/s of the whole datastore build (fresh directory each time)."""
+    out = root / "store"
+    shutil.rmtree(out, ignore_errors=True)
+    start = time.perf_counter()
+    extract_store(model, tok, out, split="pool", feature="adam", cfg=cfg, checkpoint=ckpt,
+                  pad_id=pad_id, progress=False)
+    return tok.height / (time.perf_counter() - start)
+
+
+def time_reference(model, tok, cfg, ckpt, pad_id, n: int) -> float:
+    """(c) examples/s of batch-1 backward + Adam + trak BasicProjector, on ``n`` examples."""
+    from trak.projectors import BasicProjector, ProjectionType
+
+    params = [(canonical_name(nm), p) for nm, p in model.named_parameters() if p.requires_grad]
+    total = sum(p.numel() for _, p in params)
+    proj = BasicProjector(total, cfg.proj_dim, seed=0, proj_type=ProjectionType.rademacher,
+                          device="cpu", block_size=128)
+    adam: AdamState = ckpt.adam_state()
+    names = [nm for nm, _ in params]
+    start = time.perf_counter()
+    for i in range(n):
+        batch = collate([tok["input_ids"][i]], [tok["labels"][i]], pad_id)
+        model.zero_grad(set_to_none=True)
+        model(**batch).loss.backward()
+        grads = [p.grad.flatten()[None].clone() for _, p in params]
+        feats = to_features(grads, names, "adam", cfg, adam)
+        proj.project(torch.cat(feats, 1), model_id=0)
+    return n / (time.perf_counter() - start)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--data", type=Path, default=Path(__file__).resolve().parents[2] / "shared/data")
+    ap.add_argument("--n", type=int, default=48, help="pool examples (same for a and b)")
+    ap.add_argument("--max-length", type=int, default=256)
+    ap.add_argument("--ranks", type=int, nargs="+", default=[8, 128])
+    ap.add_argument("--dim", type=int, default=8192)
+    ap.add_argument("--ref-n", type=int, default=2, help="examples for the slow reference")
+    ap.add_argument("--repeats", type=int, default=2, help="alternating (a)/(b) repeats")
+    args = ap.parse_args()
+    torch.manual_seed(0)
+    base, tokenizer = load_model()
+    pool = sample_pool(args.data, args.n)
+    tok, dropped = tokenize(pool, tokenizer, DataConfig(max_length=args.max_length))
+    print(f"{tok.height} examples ({dropped.height} dropped), "
+          f"{tok['n_tokens'].sum()} tokens, mean length {tok['n_tokens'].mean():.0f}, "
+          f"torch threads {torch.get_num_threads()}")
+    cfg = GradientConfig(proj_dim=args.dim)
+    pad = tokenizer.pad_token_id
+    rows = []
+    root = Path(tempfile.mkdtemp(prefix="less_bench_"))
+    try:
+        for r in args.ranks:
+            model = add_lora(base, LoraSettings(r=r, alpha=4 * r, dropout=0.0))
+            model.eval()
+            ckpt = fake_checkpoint(model, root / f"ckpt-r{r}")
+            n_params = sum(p.numel() for p in model.parameters() if p.requires_grad)
+            plain, less = [], []
+            for _ in range(args.repeats):  # alternate so machine noise hits both alike
+                plain.append(time_plain(model, tok, cfg, pad))
+                less.append(time_less(model, tok, cfg, ckpt, pad, root))
+            ref = time_reference(model, tok, cfg, ckpt, pad, args.ref_n)
+            a, b = max(plain), max(less)
+            rows.append({"lora_r": r, "P": n_params, "d": args.dim, "a_plain_ex_s": a,
+                         "b_less_ex_s": b, "c_reference_ex_s": ref,
+                         "b_over_a": b / a, "b_over_c": b / ref})
+            print(f"r={r}: (a) {a:.2f} ex/s  (b) {b:.2f} ex/s  (c) {ref:.4f} ex/s  "
+                  f"(b)/(a)={b / a:.2f}  (b)/(c)={b / ref:.0f}", flush=True)
+            base = model.unload()  # remove this adapter before the next rank
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+    with pl.Config(tbl_cols=-1, tbl_width_chars=200, float_precision=3):
+        print(pl.DataFrame(rows))
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+    print(f"peak RSS {rss:.2f} GiB")
+
+
+if __name__ == "__main__":
+    main()
