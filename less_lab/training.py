@@ -126,7 +126,8 @@ def _save_checkpoint(model, optimizer, path: Path, info: dict) -> Checkpoint:
     """Write adapter + moments + state (state last, via a temp dir renamed into place)."""
     tmp = path.with_name(path.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
-    model.save_pretrained(tmp / "adapter")
+    # save_embedding_layers=False: PEFT would otherwise look the base model up on the hub
+    model.save_pretrained(tmp / "adapter", save_embedding_layers=False)
     moments = {}
     for name, p in model.named_parameters():
         if p.requires_grad:
