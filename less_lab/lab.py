@@ -210,6 +210,13 @@ class Lab:
         self.last_paths = write_selection(top, self.pool, out, scores=long)
         return top
 
+    def explore(self, target: str, **views):
+        """Interactive views of a finished selection (``widgets.explore``): top/negative
+        examples, similarity curves, subset distribution, lengths, neighbours."""
+        from .widgets import explore
+
+        return explore(self, target, **views)
+
     def _extra_pool_columns(self) -> list[str]:
         return [c for c in ("skill", "form") if self.pool is not None and c in self.pool.columns]
 
