@@ -1,4 +1,4 @@
-"""End to end on real data with the real SmolLM2: 120 pool examples (24 per source), BBH."""
+"""End to end on real data with the real SmolLM2: 200 pool examples (40 per source), BBH."""
 
 from __future__ import annotations
 
@@ -23,7 +23,7 @@ BBH_TASKS = ["boolean_expressions", "navigate", "word_sorting"]
 @pytest.fixture(scope="module")
 def lab(shared_data, smollm2, tmp_path_factory):
     pool = read_pool(shared_data / "pool")
-    pool = pl.concat([g.sample(min(24, g.height), seed=0)
+    pool = pl.concat([g.sample(min(40, g.height), seed=0)
                       for _, g in pool.group_by("source", maintain_order=True)])
     targets = read_targets(shared_data / "eval" / "bbh")
     targets = targets.filter(pl.col("subtask").is_in(BBH_TASKS))
@@ -31,7 +31,7 @@ def lab(shared_data, smollm2, tmp_path_factory):
               data=DataConfig(max_length=128),
               warmup=WarmupConfig(fraction=0.1, train=TrainConfig(
                   epochs=2, batch_size=8, learning_rate=1e-4, lora=LoraSettings(r=8, alpha=32))),
-              gradients=GradientConfig(proj_dim=2048), select=SelectConfig(k=12), progress=False)
+              gradients=GradientConfig(proj_dim=2048), select=SelectConfig(k=20), progress=False)
     model, tokenizer = smollm2
     import copy
 
@@ -43,7 +43,7 @@ def lab(shared_data, smollm2, tmp_path_factory):
 
 def test_end_to_end_selection(lab):
     top = lab.select("bbh")
-    assert top.height == 12 and top["rank"].to_list() == list(range(1, 13))
+    assert top.height == 20 and top["rank"].to_list() == list(range(1, 21))
     assert top["score"].is_sorted(descending=True)
     assert set(top["subtask"]) <= set(BBH_TASKS)
     # written back verbatim in the pool's own format, best first
