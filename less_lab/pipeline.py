@@ -10,6 +10,7 @@ and the CLI call. Data flows one way::
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Callable
 from pathlib import Path
 
 import polars as pl
@@ -64,13 +65,22 @@ def warmup(
                       progress=progress)
 
 
-def _batches(tokenized: pl.DataFrame, rows: list[int], cfg: GradientConfig, pad_id: int):
-    lengths = [tokenized["n_tokens"][i] for i in rows]
-    for group in token_budget_batches(lengths, cfg.token_budget, cfg.max_batch_examples):
-        idx = [rows[i] for i in group]
-        batch = collate([tokenized["input_ids"][i] for i in idx],
-                        [tokenized["labels"][i] for i in idx], pad_id)
-        yield idx, batch
+def _plan(tokenized: pl.DataFrame, cfg: GradientConfig) -> list[list[int]]:
+    """The split's batches, fixed by lengths and config alone: a resumed or multi-process
+    build computes exactly these batches, so its features are bit-identical."""
+    lengths = tokenized["n_tokens"].to_list()
+    return token_budget_batches(lengths, cfg.token_budget, cfg.max_batch_examples)
+
+
+def _batches(tokenized: pl.DataFrame, rows: list[int], plan: list[list[int]], pad_id: int,
+             device: torch.device):
+    """``(rows, batch)`` for each batch of ``plan`` holding any of ``rows``, on ``device``."""
+    wanted = set(rows)
+    ids_col, labels_col = tokenized["input_ids"], tokenized["labels"]
+    for idx in plan:
+        if wanted.intersection(idx):
+            batch = collate([ids_col[i] for i in idx], [labels_col[i] for i in idx], pad_id)
+            yield idx, {k: v.to(device) for k, v in batch.items()}
 
 
 def store_settings(split: str, feature: str, cfg: GradientConfig, projector, *,
@@ -102,31 +112,39 @@ def extract_store(
     pad_id: int,
     model_fingerprint: str = "",
     progress: bool = True,
+    on_write: Callable[..., None] | None = None,
 ) -> Store:
     """Build (or resume, or reopen) the store of one split at one checkpoint.
 
     The checkpoint's adapter is loaded into ``model`` first; for ``adam`` features its
-    optimizer moments are used. Features are computed in token-budget batches.
+    optimizer moments are used. Features are computed in token-budget batches on the
+    model's device. Under torchrun the batches are shared among the ranks (see
+    ``less_lab.distributed``); ``on_write(rows)`` is called before rows are written.
     """
     if checkpoint is not None:
         load_adapter(model, checkpoint)
     model.eval()
+    device = next(model.parameters()).device
     modules = lora_modules(model)
     names = block_names(modules)
     sizes = [a * b for a, b in block_shapes(modules)]
     dim = sum(sizes) if cfg.projection == "none" else cfg.proj_dim
     projector = make_projector(cfg.projection, sizes, dim, cfg.proj_seed,
-                               sparse_nnz=cfg.sparse_nnz)
+                               sparse_nnz=cfg.sparse_nnz, device=device)
     settings = store_settings(split, feature, cfg, projector, model_fp=model_fingerprint,
                               checkpoint=checkpoint, data_fp=data_fingerprint(tokenized))
     adam = checkpoint.adam_state() if feature == "adam" and checkpoint is not None else None
+    if adam is not None and device.type != "cpu":
+        adam.exp_avg = {k: v.to(device) for k, v in adam.exp_avg.items()}
+        adam.exp_avg_sq = {k: v.to(device) for k, v in adam.exp_avg_sq.items()}
+    plan = _plan(tokenized, cfg)
 
     def compute(rows: list[int]):
-        return iter_features(model, modules, names, _batches(tokenized, rows, cfg, pad_id),
-                             projector, feature, cfg, adam)
+        batches = _batches(tokenized, rows, plan, pad_id, device)
+        return iter_features(model, modules, names, batches, projector, feature, cfg, adam)
 
     return build_store(out_dir, settings, tokenized["example_id"].to_list(), compute,
-                       progress=progress)
+                       units=plan, progress=progress, on_write=on_write)
 
 
 def score(

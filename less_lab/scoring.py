@@ -12,6 +12,8 @@ example, keeping the best subtask.
 
 from __future__ import annotations
 
+import dataclasses
+import warnings
 from collections.abc import Sequence
 
 import numpy as np
@@ -38,11 +40,13 @@ def _unit(x: np.ndarray) -> np.ndarray:
 
 
 def target_matrix(
-    store: Store, target_subtask: dict[str, str], subtasks: list[str], method: str
+    store: Store, target_subtask: dict[str, str], subtasks: list[str], method: str,
+    columns: slice | None = None,
 ) -> tuple[np.ndarray, np.ndarray | None]:
     """The (d, columns) matrix pool features are multiplied with, and, for
-    ``mean_of_shots``, the subtask index of each column (columns are then single shots)."""
-    feats = np.asarray(store.features, dtype=np.float32)
+    ``mean_of_shots``, the subtask index of each column (columns are then single shots).
+    ``columns`` keeps only those feature columns (a sub-sketch, for split-half checks)."""
+    feats = np.asarray(store.features[:, columns or slice(None)], dtype=np.float32)
     col_subtask = np.array([subtasks.index(target_subtask[i]) for i in store.ids])
     if method == "mean_of_shots":
         return _unit(feats).T.copy(), col_subtask
@@ -60,8 +64,12 @@ def subtask_scores(
     targets: pl.DataFrame,
     lrs: Sequence[float],
     cfg: ScoreConfig = ScoreConfig(),
+    columns: slice | None = None,
 ) -> tuple[np.ndarray, list[str]]:
-    """Matrix (n_pool, n_subtasks) of learning-rate-weighted scores, and subtask names."""
+    """Matrix (n_pool, n_subtasks) of learning-rate-weighted scores, and subtask names.
+
+    ``columns`` scores with only those feature columns of every store (e.g. one half of
+    the projection: ``diagnostics.split_half`` uses it to measure projection noise)."""
     if len(pool_stores) != len(target_stores) or len(pool_stores) != len(lrs):
         raise ValueError("need one pool store, one target store and one lr per checkpoint")
     _check_compatible(pool_stores, target_stores)
@@ -70,16 +78,30 @@ def subtask_scores(
     weights = checkpoint_weights(lrs, cfg.normalize_lr)
     n = len(pool_stores[0])
     out = np.zeros((n, len(subtasks)), dtype=np.float64)
+    nonfinite: set[str] = set()
     for pool, target, w in zip(pool_stores, target_stores, weights, strict=True):
-        mat, cols = target_matrix(target, target_subtask, subtasks, cfg.method)
-        for start in range(0, n, cfg.chunk_rows):
-            chunk = np.asarray(pool.features[start : start + cfg.chunk_rows], dtype=np.float32)
-            if cfg.method != "dot":
-                chunk = _unit(chunk)
+        if bad := set(target.nonfinite_ids):  # one NaN shot would make every score NaN
+            warnings.warn(f"{target.path}: left out {len(bad)} target examples with "
+                          f"non-finite gradients: {sorted(bad)[:10]}", stacklevel=2)
+            keep = [i for i, e in enumerate(target.ids) if e not in bad]
+            target = dataclasses.replace(target, ids=[target.ids[i] for i in keep],
+                                         features=np.asarray(target.features)[keep])
+        mat, cols = target_matrix(target, target_subtask, subtasks, cfg.method, columns)
+        nonfinite.update(pool.nonfinite_ids)
+        # Streamed with plain reads into reused buffers: bounded memory at any store size.
+        for start, chunk in pool.iter_chunks(cfg.chunk_rows):
+            chunk = chunk if columns is None else chunk[:, columns]
             sims = chunk @ mat
+            if cfg.method != "dot":  # cosine: divide by row norms, cheaper than _unit(chunk)
+                norms = np.sqrt(np.einsum("ij,ij->i", chunk, chunk))
+                sims /= np.where(norms > 0, norms, 1.0)[:, None]
             if cols is not None:  # mean over each subtask's shots
                 sims = np.stack([sims[:, cols == j].mean(1) for j in range(len(subtasks))], 1)
             out[start : start + len(chunk)] += w * sims
+    if nonfinite:
+        warnings.warn(f"{len(nonfinite)} of {n} pool examples have non-finite gradients: "
+                      f"their scores are NaN and selection skips them: {sorted(nonfinite)[:10]}",
+                      stacklevel=2)
     return out, subtasks
 
 
