@@ -78,16 +78,42 @@ def _print_top(frame, n: int = 10) -> None:
 
 
 def cmd_stage(args) -> None:
+    from . import distributed
+
     lab = _make_lab(args)
+    ctx = distributed.context()
+    if args.device != "cpu":
+        lab.model.to(distributed.device() if args.device == "auto" else torch_device(args.device))
+    try:
+        _run_stage(args, lab, ctx)
+    finally:
+        distributed.shutdown()
+
+
+def torch_device(name: str):
+    import torch
+
+    return torch.device(name)
+
+
+def _run_stage(args, lab, ctx) -> None:
+    from . import distributed
+
+    if ctx.world > 1 and args.command != "datastore":
+        raise SystemExit(f"{args.command} runs in one process; only 'datastore' is sharded "
+                         "under torchrun")
     if args.command == "warmup":
         for ckpt in lab.warmup():
             print(f"epoch {ckpt.epoch}: step {ckpt.step}, mean lr {ckpt.lr:.3g}, "
                   f"train loss {ckpt.train_loss:.4f} -> {ckpt.path}")
         return
     if args.command == "datastore":
+        with distributed.main_first(ctx):  # rank 0 trains the warmup, the others reuse it
+            lab.checkpoints() or lab.warmup()
         for split in ["pool", *lab.targets]:
             for store in lab.datastore(split):
-                print(store)
+                if ctx.is_main:
+                    print(store)
         return
     for name in lab.targets:
         if args.command == "score":
@@ -122,6 +148,9 @@ def main(argv: list[str] | None = None) -> int:
         p.add_argument("--on-error", choices=["raise", "skip"], default="raise",
                        help="bad pool lines: stop with file:line (default) or skip and report")
         p.add_argument("--set", action="append", default=[], metavar="SECTION.FIELD=VALUE")
+        p.add_argument("--device", default="cpu",
+                       help="cpu (default), auto (cuda:LOCAL_RANK when CUDA is there), or a "
+                       "torch device such as cuda:0")
         p.add_argument("--quiet", action="store_true")
     args = parser.parse_args(argv)
     if args.command == "demo":

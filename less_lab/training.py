@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import shutil
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -153,7 +154,9 @@ def _check_or_write_settings(path: Path, settings: dict) -> None:
             raise ValueError(f"{path}: existing run was made with different settings "
                              f"(key: (on disk, now)) {diff}; use another directory")
         return
-    path.write_text(json.dumps(settings, indent=1, sort_keys=True))
+    tmp = path.with_name(path.name + ".tmp")  # atomic: a kill never leaves half a file
+    tmp.write_text(json.dumps(settings, indent=1, sort_keys=True))
+    os.replace(tmp, path)
 
 
 def _resume(model, optimizer, out_dir: Path, epochs: int) -> list[Checkpoint]:
