@@ -29,7 +29,7 @@ from less_lab.batching import collate, token_budget_batches
 from less_lab.config import DataConfig, GradientConfig, LoraSettings
 from less_lab.data import read_pool, tokenize
 from less_lab.gradients import AdamState, to_features
-from less_lab.lora import add_lora, block_names, canonical_name
+from less_lab.lora import add_lora, canonical_name
 from less_lab.models import load_model
 from less_lab.pipeline import extract_store
 from less_lab.training import Checkpoint
@@ -56,8 +56,9 @@ def fake_checkpoint(model, path: Path, seed: int = 0) -> Checkpoint:
     path.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(path / "adapter")
     save_file(tensors, path / "optimizer.safetensors")
-    (path / "state.json").write_text('{"epoch": 1, "step": 100, "lr": 2e-5, '
-                                     '"betas": [0.9, 0.999], "eps": 1e-8}')
+    (path / "state.json").write_text(
+        '{"epoch": 1, "step": 100, "lr": 2e-5, "betas": [0.9, 0.999], "eps": 1e-8}'
+    )
     return Checkpoint.load(path)
 
 
@@ -67,8 +68,9 @@ def time_plain(model, tok: pl.DataFrame, cfg: GradientConfig, pad_id: int) -> fl
     lengths = tok["n_tokens"].to_list()
     start = time.perf_counter()
     for group in token_budget_batches(lengths, cfg.token_budget, cfg.max_batch_examples):
-        batch = collate([tok["input_ids"][i] for i in group], [tok["labels"][i] for i in group],
-                        pad_id)
+        batch = collate(
+            [tok["input_ids"][i] for i in group], [tok["labels"][i] for i in group], pad_id
+        )
         model(**batch).loss.backward()
         model.zero_grad(set_to_none=True)
     return tok.height / (time.perf_counter() - start)
@@ -79,8 +81,17 @@ def time_less(model, tok, cfg, ckpt, pad_id, root: Path) -> float:
     out = root / "store"
     shutil.rmtree(out, ignore_errors=True)
     start = time.perf_counter()
-    extract_store(model, tok, out, split="pool", feature="adam", cfg=cfg, checkpoint=ckpt,
-                  pad_id=pad_id, progress=False)
+    extract_store(
+        model,
+        tok,
+        out,
+        split="pool",
+        feature="adam",
+        cfg=cfg,
+        checkpoint=ckpt,
+        pad_id=pad_id,
+        progress=False,
+    )
     return tok.height / (time.perf_counter() - start)
 
 
@@ -94,8 +105,9 @@ def time_reference(model, tok, cfg, ckpt, pad_id, n: int, ref_dim: int) -> float
 
     params = [(canonical_name(nm), p) for nm, p in model.named_parameters() if p.requires_grad]
     total = sum(p.numel() for _, p in params)
-    proj = BasicProjector(total, ref_dim, seed=0, proj_type=ProjectionType.rademacher,
-                          device="cpu", block_size=32)  # 32 columns: trak keeps P x 32 floats
+    proj = BasicProjector(
+        total, ref_dim, seed=0, proj_type=ProjectionType.rademacher, device="cpu", block_size=32
+    )  # 32 columns: trak keeps P x 32 floats
     adam: AdamState = ckpt.adam_state()
     names = [nm for nm, _ in params]
     grad_s = proj_s = 0.0
@@ -113,25 +125,35 @@ def time_reference(model, tok, cfg, ckpt, pad_id, n: int, ref_dim: int) -> float
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--data", type=Path, default=Path(__file__).resolve().parents[2] / "shared/data")
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    ap.add_argument(
+        "--data", type=Path, default=Path(__file__).resolve().parents[2] / "shared/data"
+    )
     ap.add_argument("--n", type=int, default=48, help="pool examples (same for a and b)")
     ap.add_argument("--max-length", type=int, default=256)
     ap.add_argument("--ranks", type=int, nargs="+", default=[8, 128])
     ap.add_argument("--dim", type=int, default=8192)
     ap.add_argument("--ref-n", type=int, default=2, help="examples for the slow reference")
-    ap.add_argument("--ref-dim", type=int, nargs="+", default=[8192, 512],
-                    help="d at which trak is timed, per rank (scaled linearly to --dim)")
+    ap.add_argument(
+        "--ref-dim",
+        type=int,
+        nargs="+",
+        default=[8192, 512],
+        help="d at which trak is timed, per rank (scaled linearly to --dim)",
+    )
     ap.add_argument("--repeats", type=int, default=2, help="alternating (a)/(b) repeats")
     args = ap.parse_args()
     torch.manual_seed(0)
     base, tokenizer = load_model()
     pool = sample_pool(args.data, args.n)
     tok, dropped = tokenize(pool, tokenizer, DataConfig(max_length=args.max_length))
-    print(f"{tok.height} examples ({dropped.height} dropped), "
-          f"{tok['n_tokens'].sum()} tokens, mean length {tok['n_tokens'].mean():.0f}, "
-          f"torch threads {torch.get_num_threads()}")
+    print(
+        f"{tok.height} examples ({dropped.height} dropped), "
+        f"{tok['n_tokens'].sum()} tokens, mean length {tok['n_tokens'].mean():.0f}, "
+        f"torch threads {torch.get_num_threads()}"
+    )
     cfg = GradientConfig(proj_dim=args.dim)
     pad = tokenizer.pad_token_id
     rows = []
@@ -148,11 +170,24 @@ def main() -> None:
                 less.append(time_less(model, tok, cfg, ckpt, pad, root))
             ref = time_reference(model, tok, cfg, ckpt, pad, args.ref_n, ref_dim)
             a, b = max(plain), max(less)
-            rows.append({"lora_r": r, "P": n_params, "d": args.dim, "a_plain_ex_s": a,
-                         "b_less_ex_s": b, "c_reference_ex_s": ref, "c_timed_at_d": ref_dim,
-                         "b_over_a": b / a, "b_over_c": b / ref})
-            print(f"r={r}: (a) {a:.2f} ex/s  (b) {b:.2f} ex/s  (c) {ref:.4f} ex/s  "
-                  f"(b)/(a)={b / a:.2f}  (b)/(c)={b / ref:.0f}", flush=True)
+            rows.append(
+                {
+                    "lora_r": r,
+                    "P": n_params,
+                    "d": args.dim,
+                    "a_plain_ex_s": a,
+                    "b_less_ex_s": b,
+                    "c_reference_ex_s": ref,
+                    "c_timed_at_d": ref_dim,
+                    "b_over_a": b / a,
+                    "b_over_c": b / ref,
+                }
+            )
+            print(
+                f"r={r}: (a) {a:.2f} ex/s  (b) {b:.2f} ex/s  (c) {ref:.4f} ex/s  "
+                f"(b)/(a)={b / a:.2f}  (b)/(c)={b / ref:.0f}",
+                flush=True,
+            )
             base = model.unload()  # remove this adapter before the next rank
     finally:
         shutil.rmtree(root, ignore_errors=True)

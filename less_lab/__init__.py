@@ -29,5 +29,15 @@ def __getattr__(name: str):
     raise AttributeError(name)
 
 
-__all__ = ["Lab", "load_model", "DataConfig", "GradientConfig", "LoraSettings", "ScoreConfig",
-           "SelectConfig", "TrainConfig", "WarmupConfig", "__version__"]
+__all__ = [
+    "Lab",
+    "load_model",
+    "DataConfig",
+    "GradientConfig",
+    "LoraSettings",
+    "ScoreConfig",
+    "SelectConfig",
+    "TrainConfig",
+    "WarmupConfig",
+    "__version__",
+]

@@ -19,8 +19,13 @@ from pathlib import Path
 
 from .config import DataConfig, GradientConfig, ScoreConfig, SelectConfig, WarmupConfig
 
-SECTIONS = {"data": DataConfig, "warmup": WarmupConfig, "gradients": GradientConfig,
-            "scoring": ScoreConfig, "select": SelectConfig}
+SECTIONS = {
+    "data": DataConfig,
+    "warmup": WarmupConfig,
+    "gradients": GradientConfig,
+    "scoring": ScoreConfig,
+    "select": SelectConfig,
+}
 
 
 def _parse_value(text: str):
@@ -34,8 +39,10 @@ def _replace_path(cfg, path: list[str], value):
     """``dataclasses.replace`` along a dotted path, checking that each field exists."""
     names = {f.name for f in dataclasses.fields(cfg)}
     if path[0] not in names:
-        raise SystemExit(f"--set: {type(cfg).__name__} has no field {path[0]!r} "
-                         f"(fields: {', '.join(sorted(names))})")
+        raise SystemExit(
+            f"--set: {type(cfg).__name__} has no field {path[0]!r} "
+            f"(fields: {', '.join(sorted(names))})"
+        )
     if len(path) > 1:
         value = _replace_path(getattr(cfg, path[0]), path[1:], value)
     elif isinstance(getattr(cfg, path[0]), tuple) and isinstance(value, list):
@@ -50,8 +57,10 @@ def build_configs(sets: list[str]) -> dict:
         key, sep, raw = item.partition("=")
         parts = key.split(".")
         if not sep or parts[0] not in SECTIONS or len(parts) < 2:
-            raise SystemExit(f"--set {item!r}: expected section.field=value with section in "
-                             f"{', '.join(SECTIONS)}")
+            raise SystemExit(
+                f"--set {item!r}: expected section.field=value with section in "
+                f"{', '.join(SECTIONS)}"
+            )
         configs[parts[0]] = _replace_path(configs[parts[0]], parts[1:], _parse_value(raw))
     return configs
 
@@ -60,9 +69,16 @@ def _make_lab(args):
     from .lab import Lab
 
     c = build_configs(args.set)
-    lab = Lab(args.run_dir, model=args.model, data=c["data"], warmup=c["warmup"],
-              gradients=c["gradients"], scoring=c["scoring"], select=c["select"],
-              progress=not args.quiet)
+    lab = Lab(
+        args.run_dir,
+        model=args.model,
+        data=c["data"],
+        warmup=c["warmup"],
+        gradients=c["gradients"],
+        scoring=c["scoring"],
+        select=c["select"],
+        progress=not args.quiet,
+    )
     lab.load_pool(args.pool, on_error=args.on_error)
     for spec in args.target:
         name, sep, path = spec.partition("=")
@@ -100,12 +116,15 @@ def _run_stage(args, lab, ctx) -> None:
     from . import distributed
 
     if ctx.world > 1 and args.command != "datastore":
-        raise SystemExit(f"{args.command} runs in one process; only 'datastore' is sharded "
-                         "under torchrun")
+        raise SystemExit(
+            f"{args.command} runs in one process; only 'datastore' is sharded under torchrun"
+        )
     if args.command == "warmup":
         for ckpt in lab.warmup():
-            print(f"epoch {ckpt.epoch}: step {ckpt.step}, mean lr {ckpt.lr:.3g}, "
-                  f"train loss {ckpt.train_loss:.4f} -> {ckpt.path}")
+            print(
+                f"epoch {ckpt.epoch}: step {ckpt.step}, mean lr {ckpt.lr:.3g}, "
+                f"train loss {ckpt.train_loss:.4f} -> {ckpt.path}"
+            )
         return
     if args.command == "datastore":
         with distributed.main_first(ctx):  # rank 0 trains the warmup, the others reuse it
@@ -130,8 +149,9 @@ def _run_stage(args, lab, ctx) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="less-lab", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="less-lab", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     sub = parser.add_subparsers(dest="command", required=True)
     demo = sub.add_parser("demo", help="run LESS on the embedded demo pool with SmolLM2")
     demo.add_argument("--out", default="runs/demo", help="run directory (default runs/demo)")
@@ -141,16 +161,31 @@ def main(argv: list[str] | None = None) -> int:
         p = sub.add_parser(name, help=f"the {name} stage" if name != "run" else "all stages")
         p.add_argument("--run-dir", required=True, type=Path)
         p.add_argument("--pool", nargs="+", required=True, help="pool JSONL files or dirs")
-        p.add_argument("--target", action="append", default=[], metavar="NAME=PATH",
-                       help="target in a LESS layout or JSONL with a subtask field")
-        p.add_argument("--model", default="smollm2-135m",
-                       help="'smollm2-135m' (embedded) or a local Hugging Face model dir")
-        p.add_argument("--on-error", choices=["raise", "skip"], default="raise",
-                       help="bad pool lines: stop with file:line (default) or skip and report")
+        p.add_argument(
+            "--target",
+            action="append",
+            default=[],
+            metavar="NAME=PATH",
+            help="target in a LESS layout or JSONL with a subtask field",
+        )
+        p.add_argument(
+            "--model",
+            default="smollm2-135m",
+            help="'smollm2-135m' (embedded) or a local Hugging Face model dir",
+        )
+        p.add_argument(
+            "--on-error",
+            choices=["raise", "skip"],
+            default="raise",
+            help="bad pool lines: stop with file:line (default) or skip and report",
+        )
         p.add_argument("--set", action="append", default=[], metavar="SECTION.FIELD=VALUE")
-        p.add_argument("--device", default="cpu",
-                       help="cpu (default), auto (cuda:LOCAL_RANK when CUDA is there), or a "
-                       "torch device such as cuda:0")
+        p.add_argument(
+            "--device",
+            default="cpu",
+            help="cpu (default), auto (cuda:LOCAL_RANK when CUDA is there), or a "
+            "torch device such as cuda:0",
+        )
         p.add_argument("--quiet", action="store_true")
     args = parser.parse_args(argv)
     if args.command == "demo":

@@ -27,6 +27,7 @@ import pyarrow as pa
 from less_lab.config import DataConfig
 
 from .batching import IGNORE as IGNORE_INDEX  # noqa: E402
+
 ROLES = ("system", "user", "assistant")
 MESSAGES_DTYPE = pl.List(pl.Struct({"role": pl.String, "content": pl.String}))
 POOL_SCHEMA = {

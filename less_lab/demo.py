@@ -35,25 +35,35 @@ def demo_configs(overrides: list[str] | None = None) -> dict:
     configs = build_configs(DEMO_SETS + list(overrides or []))
     warm = configs["warmup"]
     if not any(o.startswith("warmup.train.lora") for o in overrides or []):
-        configs["warmup"] = replace(warm, train=replace(warm.train, lora=LoraSettings(r=8, alpha=32)))
+        configs["warmup"] = replace(
+            warm, train=replace(warm.train, lora=LoraSettings(r=8, alpha=32))
+        )
     return configs
 
 
 def _share(frame: pl.DataFrame, col: str) -> pl.DataFrame:
-    return frame.group_by(col).len().with_columns(
-        (pl.col("len") / frame.height * 100).round(1).alias("pct"))
+    return (
+        frame.group_by(col)
+        .len()
+        .with_columns((pl.col("len") / frame.height * 100).round(1).alias("pct"))
+    )
 
 
 def _print_shares(top: pl.DataFrame, pool: pl.DataFrame, col: str) -> None:
-    table = (_share(top, col).rename({"len": "selected", "pct": "selected_%"})
-             .join(_share(pool, col).rename({"len": "pool", "pct": "pool_%"}), on=col, how="right")
-             .fill_null(0).sort("selected_%", descending=True)
-             .select(col, "selected", "selected_%", "pool", "pool_%"))
+    table = (
+        _share(top, col)
+        .rename({"len": "selected", "pct": "selected_%"})
+        .join(_share(pool, col).rename({"len": "pool", "pct": "pool_%"}), on=col, how="right")
+        .fill_null(0)
+        .sort("selected_%", descending=True)
+        .select(col, "selected", "selected_%", "pool", "pool_%")
+    )
     print(table)
 
 
-def _print_per_subtask(long: pl.DataFrame, pool: pl.DataFrame, targets: pl.DataFrame,
-                       k: int) -> None:
+def _print_per_subtask(
+    long: pl.DataFrame, pool: pl.DataFrame, targets: pl.DataFrame, k: int
+) -> None:
     """For each target subtask, how much of ITS top-k is the skill the subtask tests."""
     skill_of = dict(targets.select("subtask", "skill").unique().iter_rows())
     base = pool.group_by("skill").len()
@@ -63,21 +73,31 @@ def _print_per_subtask(long: pl.DataFrame, pool: pl.DataFrame, targets: pl.DataF
         ranked = long.filter(pl.col("subtask") == sub).sort("score", descending=True).head(k)
         ranked = ranked.join(pool.select("example_id", "skill"), on="example_id")
         own = ranked.filter(pl.col("skill") == skill_of[sub]).height
-        print(f"  {sub:15s} ({skill_of[sub]:10s}) {own:3d}/{k} = {own / k:4.0%} "
-              f"vs {base.get(skill_of[sub], 0):.0%} of the pool; cosine "
-              f"{ranked['score'].min():.3f}..{ranked['score'].max():.3f}")
+        print(
+            f"  {sub:15s} ({skill_of[sub]:10s}) {own:3d}/{k} = {own / k:4.0%} "
+            f"vs {base.get(skill_of[sub], 0):.0%} of the pool; cosine "
+            f"{ranked['score'].min():.3f}..{ranked['score'].max():.3f}"
+        )
 
 
-def run_demo(out_dir: str | Path = "runs/demo", overrides: list[str] | None = None,
-             progress: bool = True):
+def run_demo(
+    out_dir: str | Path = "runs/demo", overrides: list[str] | None = None, progress: bool = True
+):
     """Run the whole pipeline on the demo data, print what was selected and why."""
     from .demo_data import DEMO_SKILLS, demo_pool, demo_targets, write_demo
     from .lab import Lab
 
     start = time.time()
     c = demo_configs(overrides)
-    lab = Lab(out_dir, data=c["data"], warmup=c["warmup"], gradients=c["gradients"],
-              scoring=c["scoring"], select=c["select"], progress=progress)
+    lab = Lab(
+        out_dir,
+        data=c["data"],
+        warmup=c["warmup"],
+        gradients=c["gradients"],
+        scoring=c["scoring"],
+        select=c["select"],
+        progress=progress,
+    )
     pool_file, target_file = write_demo(lab.run_dir / "data")
     lab.set_pool(demo_pool())
     lab.add_target("demo", demo_targets())
@@ -85,10 +105,17 @@ def run_demo(out_dir: str | Path = "runs/demo", overrides: list[str] | None = No
     for skill, text in DEMO_SKILLS.items():
         print(f"  {skill:12s} {text}")
     targets = lab.targets["demo"]
-    print(f"Targets ({target_file}): " + ", ".join(
-        f"{s} ({n} shots)" for s, n in targets.group_by("subtask").len().sort("subtask").iter_rows()))
-    print(f"Settings: {', '.join(DEMO_SETS)}, LoRA r={lab.warmup_cfg.train.lora.r}; "
-          f"projection {lab.grad_cfg.projection} d={lab.grad_cfg.proj_dim}\n")
+    print(
+        f"Targets ({target_file}): "
+        + ", ".join(
+            f"{s} ({n} shots)"
+            for s, n in targets.group_by("subtask").len().sort("subtask").iter_rows()
+        )
+    )
+    print(
+        f"Settings: {', '.join(DEMO_SETS)}, LoRA r={lab.warmup_cfg.train.lora.r}; "
+        f"projection {lab.grad_cfg.projection} d={lab.grad_cfg.proj_dim}\n"
+    )
 
     for ckpt in lab.warmup():
         print(f"warmup epoch {ckpt.epoch}: mean lr {ckpt.lr:.2e}, train loss {ckpt.train_loss:.3f}")
@@ -97,22 +124,24 @@ def run_demo(out_dir: str | Path = "runs/demo", overrides: list[str] | None = No
     print(f"\nTop 10 of {top.height} selected (score = max over subtasks of lr-weighted cosine):")
     for row in top.head(10).iter_rows(named=True):
         prompt = row["messages"][0]["content"].replace("\n", " ")[:70]
-        print(f"  {row['rank']:2d}. {row['score']:+.4f} {row['subtask']:15s} "
-              f"{row['skill']:11s} {row['source']:10s} {prompt}")
+        print(
+            f"  {row['rank']:2d}. {row['score']:+.4f} {row['subtask']:15s} "
+            f"{row['skill']:11s} {row['source']:10s} {prompt}"
+        )
     print("\nShare of each skill in the selection vs the pool:")
     _print_shares(top, lab.pool, "skill")
     print("Share of each source:")
     _print_shares(top, lab.pool, "source")
     _print_per_subtask(lab.subtask_scores("demo"), lab.pool, targets, top.height)
     by_sub = top.group_by("subtask").len().sort("len", descending=True).row(0)
-    print(f"The paper's max over subtasks took {by_sub[1]} of {top.height} picks from "
-          f"{by_sub[0]!r}: subtasks whose cosines run higher dominate the max (see issue "
-          "'selection shape' diagnostics; a balanced selection is the remedy).")
+    print(
+        f"The paper's max over subtasks took {by_sub[1]} of {top.height} picks from "
+        f"{by_sub[0]!r}: subtasks whose cosines run higher dominate the max (see issue "
+        "'selection shape' diagnostics; a balanced selection is the remedy)."
+    )
     print(f"\nOutputs in {lab.run_dir.resolve()}:")
     for name, path in lab.last_paths.items():
         print(f"  {name:10s} {path}")
     print(f"  stores     {lab.run_dir / 'stores'}\n  warmup     {lab.run_dir / 'warmup'}")
     print(f"Done in {time.time() - start:.0f} s.")
     return lab, top
-
-

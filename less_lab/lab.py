@@ -66,16 +66,23 @@ class Lab:
     # ----------------------------------------------------------------- configuration
     def settings(self) -> dict:
         """All configs as one JSON-ready dict (recorded in ``lab.json``)."""
-        return {"model": self.model_name, "data": to_dict(self.data_cfg),
-                "warmup": to_dict(self.warmup_cfg), "gradients": to_dict(self.grad_cfg),
-                "scoring": to_dict(self.score_cfg), "select": to_dict(self.select_cfg)}
+        return {
+            "model": self.model_name,
+            "data": to_dict(self.data_cfg),
+            "warmup": to_dict(self.warmup_cfg),
+            "gradients": to_dict(self.grad_cfg),
+            "scoring": to_dict(self.score_cfg),
+            "select": to_dict(self.select_cfg),
+        }
 
     def __repr__(self) -> str:
         lines = [f"Lab({str(self.run_dir)!r}, model={self.model_name!r})"]
         pool = "not loaded" if self.pool is None else f"{self.pool.height} examples"
         lines.append(f"  pool: {pool}")
         for name, t in self.targets.items():
-            lines.append(f"  target {name}: {t.height} examples, {t['subtask'].n_unique()} subtasks")
+            lines.append(
+                f"  target {name}: {t.height} examples, {t['subtask'].n_unique()} subtasks"
+            )
         ckpts = self.checkpoints()
         lines.append(f"  warmup: {len(ckpts)}/{self.warmup_cfg.train.epochs} checkpoints")
         for name in ["pool", *self.targets]:
@@ -154,9 +161,15 @@ class Lab:
     # ------------------------------------------------------------------------ stages
     def warmup(self) -> list[Checkpoint]:
         """Warmup LoRA training (cached per epoch; resumes after an interruption)."""
-        return pipeline.warmup(self.model, self.tokenized("pool"), self.warmup_cfg,
-                               self.run_dir / "warmup", pad_id=self.tokenizer.pad_token_id,
-                               model_fingerprint=self._model_fp, progress=self.progress)
+        return pipeline.warmup(
+            self.model,
+            self.tokenized("pool"),
+            self.warmup_cfg,
+            self.run_dir / "warmup",
+            pad_id=self.tokenizer.pad_token_id,
+            model_fingerprint=self._model_fp,
+            progress=self.progress,
+        )
 
     def checkpoints(self) -> list[Checkpoint]:
         """Finished warmup checkpoints on disk (empty before ``warmup``)."""
@@ -177,10 +190,20 @@ class Lab:
         feature = feature or ("adam" if split == "pool" else "sgd")
         stores = []
         for ckpt, path in zip(ckpts, self._store_dirs(split, feature), strict=True):
-            stores.append(pipeline.extract_store(
-                self.model, self.tokenized(split), path, split=split, feature=feature,
-                cfg=self.grad_cfg, checkpoint=ckpt, pad_id=self.tokenizer.pad_token_id,
-                model_fingerprint=self._model_fp, progress=self.progress))
+            stores.append(
+                pipeline.extract_store(
+                    self.model,
+                    self.tokenized(split),
+                    path,
+                    split=split,
+                    feature=feature,
+                    cfg=self.grad_cfg,
+                    checkpoint=ckpt,
+                    pad_id=self.tokenizer.pad_token_id,
+                    model_fingerprint=self._model_fp,
+                    progress=self.progress,
+                )
+            )
         return stores
 
     def subtask_scores(self, target: str, feature: str | None = None) -> pl.DataFrame:
@@ -195,17 +218,20 @@ class Lab:
         pool_stores = self.datastore("pool", feature)
         target_stores = self.datastore(target)
         lrs = [c.lr for c in self.checkpoints()]
-        return pipeline.score(pool_stores, target_stores, self.targets[target], lrs,
-                              self.score_cfg, self.pool)
+        return pipeline.score(
+            pool_stores, target_stores, self.targets[target], lrs, self.score_cfg, self.pool
+        )
 
-    def select(self, target: str, cfg: SelectConfig | None = None, *,
-               feature: str | None = None) -> pl.DataFrame:
+    def select(
+        self, target: str, cfg: SelectConfig | None = None, *, feature: str | None = None
+    ) -> pl.DataFrame:
         """Top examples for ``target``; writes ``selections/<target>/`` (jsonl + parquet)."""
         cfg = cfg or self.select_cfg
         long, agg = self._score(target, feature)
         top = select_top(agg, cfg)
-        top = top.join(self.pool.select("example_id", *self._extra_pool_columns()),
-                       on="example_id", how="left")
+        top = top.join(
+            self.pool.select("example_id", *self._extra_pool_columns()), on="example_id", how="left"
+        )
         out = self.run_dir / "selections" / target
         self.last_paths = write_selection(top, self.pool, out, scores=long)
         return top
@@ -223,8 +249,14 @@ class Lab:
     def with_config(self, **changes) -> Lab:
         """A Lab on the same run dir and data with some configs replaced, e.g.
         ``lab.with_config(scoring=replace(lab.score_cfg, method="dot"))``."""
-        kwargs = {"data": self.data_cfg, "warmup": self.warmup_cfg, "gradients": self.grad_cfg,
-                  "scoring": self.score_cfg, "select": self.select_cfg, **changes}
+        kwargs = {
+            "data": self.data_cfg,
+            "warmup": self.warmup_cfg,
+            "gradients": self.grad_cfg,
+            "scoring": self.score_cfg,
+            "select": self.select_cfg,
+            **changes,
+        }
         lab = Lab(self.run_dir, model=self.model_name, progress=self.progress, **kwargs)
         lab.pool, lab.targets = self.pool, dict(self.targets)
         lab._model, lab._tokenizer, lab._model_fp = self._model, self._tokenizer, self._model_fp

@@ -31,8 +31,13 @@ def data_fingerprint(tokenized: pl.DataFrame) -> str:
     """Hash of the example ids, token ids and labels: what a store's rows were made from."""
     h = hashlib.sha256()
     for col in ("example_id", "input_ids", "labels"):
-        h.update(tokenized[col].cast(pl.String if col == "example_id" else tokenized[col].dtype)
-                 .hash(seed=0).to_numpy().tobytes())
+        h.update(
+            tokenized[col]
+            .cast(pl.String if col == "example_id" else tokenized[col].dtype)
+            .hash(seed=0)
+            .to_numpy()
+            .tobytes()
+        )
     return h.hexdigest()[:16]
 
 
@@ -59,10 +64,14 @@ def warmup(
     Resumes from the last finished epoch; refuses a directory made with other settings.
     """
     subset = warmup_subset(tokenized_pool, cfg)
-    settings = {"warmup": to_dict(cfg), "data": data_fingerprint(subset),
-                "model": model_fingerprint}
-    return train_lora(model, subset, cfg.train, out_dir, pad_id=pad_id, settings=settings,
-                      progress=progress)
+    settings = {
+        "warmup": to_dict(cfg),
+        "data": data_fingerprint(subset),
+        "model": model_fingerprint,
+    }
+    return train_lora(
+        model, subset, cfg.train, out_dir, pad_id=pad_id, settings=settings, progress=progress
+    )
 
 
 def _plan(tokenized: pl.DataFrame, cfg: GradientConfig) -> list[list[int]]:
@@ -72,8 +81,13 @@ def _plan(tokenized: pl.DataFrame, cfg: GradientConfig) -> list[list[int]]:
     return token_budget_batches(lengths, cfg.token_budget, cfg.max_batch_examples)
 
 
-def _batches(tokenized: pl.DataFrame, rows: list[int], plan: list[list[int]], pad_id: int,
-             device: torch.device):
+def _batches(
+    tokenized: pl.DataFrame,
+    rows: list[int],
+    plan: list[list[int]],
+    pad_id: int,
+    device: torch.device,
+):
     """``(rows, batch)`` for each batch of ``plan`` holding any of ``rows``, on ``device``."""
     wanted = set(rows)
     ids_col, labels_col = tokenized["input_ids"], tokenized["labels"]
@@ -83,8 +97,16 @@ def _batches(tokenized: pl.DataFrame, rows: list[int], plan: list[list[int]], pa
             yield idx, {k: v.to(device) for k, v in batch.items()}
 
 
-def store_settings(split: str, feature: str, cfg: GradientConfig, projector, *,
-                   model_fp: str, checkpoint: Checkpoint | None, data_fp: str) -> dict:
+def store_settings(
+    split: str,
+    feature: str,
+    cfg: GradientConfig,
+    projector,
+    *,
+    model_fp: str,
+    checkpoint: Checkpoint | None,
+    data_fp: str,
+) -> dict:
     """Everything that determines a store's values; a mismatch on reuse is refused."""
     from .models import file_fingerprint
 
@@ -92,11 +114,21 @@ def store_settings(split: str, feature: str, cfg: GradientConfig, projector, *,
     if checkpoint is not None:
         ckpt = {"epoch": checkpoint.epoch, "fingerprint": file_fingerprint(checkpoint.path)}
     return {
-        "split": split, "feature": feature, "dim": projector.proj_dim,
-        "projection": projector.describe(), "model": model_fp, "checkpoint": ckpt,
-        "data": data_fp, "dtype": cfg.store_dtype, "package_version": __version__,
-        "adam": {"bias_correction": cfg.adam_bias_correction,
-                 "eps_inside_sqrt": cfg.adam_eps_inside_sqrt} if feature == "adam" else None,
+        "split": split,
+        "feature": feature,
+        "dim": projector.proj_dim,
+        "projection": projector.describe(),
+        "model": model_fp,
+        "checkpoint": ckpt,
+        "data": data_fp,
+        "dtype": cfg.store_dtype,
+        "package_version": __version__,
+        "adam": {
+            "bias_correction": cfg.adam_bias_correction,
+            "eps_inside_sqrt": cfg.adam_eps_inside_sqrt,
+        }
+        if feature == "adam"
+        else None,
     }
 
 
@@ -129,10 +161,18 @@ def extract_store(
     names = block_names(modules)
     sizes = [a * b for a, b in block_shapes(modules)]
     dim = sum(sizes) if cfg.projection == "none" else cfg.proj_dim
-    projector = make_projector(cfg.projection, sizes, dim, cfg.proj_seed,
-                               sparse_nnz=cfg.sparse_nnz, device=device)
-    settings = store_settings(split, feature, cfg, projector, model_fp=model_fingerprint,
-                              checkpoint=checkpoint, data_fp=data_fingerprint(tokenized))
+    projector = make_projector(
+        cfg.projection, sizes, dim, cfg.proj_seed, sparse_nnz=cfg.sparse_nnz, device=device
+    )
+    settings = store_settings(
+        split,
+        feature,
+        cfg,
+        projector,
+        model_fp=model_fingerprint,
+        checkpoint=checkpoint,
+        data_fp=data_fingerprint(tokenized),
+    )
     adam = checkpoint.adam_state() if feature == "adam" and checkpoint is not None else None
     if adam is not None and device.type != "cpu":
         adam.exp_avg = {k: v.to(device) for k, v in adam.exp_avg.items()}
@@ -143,8 +183,15 @@ def extract_store(
         batches = _batches(tokenized, rows, plan, pad_id, device)
         return iter_features(model, modules, names, batches, projector, feature, cfg, adam)
 
-    return build_store(out_dir, settings, tokenized["example_id"].to_list(), compute,
-                       units=plan, progress=progress, on_write=on_write)
+    return build_store(
+        out_dir,
+        settings,
+        tokenized["example_id"].to_list(),
+        compute,
+        units=plan,
+        progress=progress,
+        on_write=on_write,
+    )
 
 
 def score(
@@ -157,6 +204,8 @@ def score(
 ) -> tuple[pl.DataFrame, pl.DataFrame]:
     """(long per-subtask scores, aggregated one-per-example scores) for one target set."""
     matrix, subtasks = subtask_scores(pool_stores, target_stores, targets, lrs, cfg)
-    sources = dict(zip(pool["example_id"], pool["source"], strict=True)) if pool is not None else None
+    sources = (
+        dict(zip(pool["example_id"], pool["source"], strict=True)) if pool is not None else None
+    )
     long = long_frame(matrix, subtasks, pool_stores[0].ids, sources)
     return long, aggregate(long, cfg.aggregate)

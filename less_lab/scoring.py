@@ -22,8 +22,12 @@ import polars as pl
 from .config import ScoreConfig
 from .datastore import Store
 
-SCORE_SCHEMA = {"example_id": pl.String, "source": pl.String, "subtask": pl.String,
-                "score": pl.Float64}
+SCORE_SCHEMA = {
+    "example_id": pl.String,
+    "source": pl.String,
+    "subtask": pl.String,
+    "score": pl.Float64,
+}
 
 
 def checkpoint_weights(lrs: Sequence[float], normalize: bool = True) -> np.ndarray:
@@ -40,7 +44,10 @@ def _unit(x: np.ndarray) -> np.ndarray:
 
 
 def target_matrix(
-    store: Store, target_subtask: dict[str, str], subtasks: list[str], method: str,
+    store: Store,
+    target_subtask: dict[str, str],
+    subtasks: list[str],
+    method: str,
     columns: slice | None = None,
 ) -> tuple[np.ndarray, np.ndarray | None]:
     """The (d, columns) matrix pool features are multiplied with, and, for
@@ -81,11 +88,17 @@ def subtask_scores(
     nonfinite: set[str] = set()
     for pool, target, w in zip(pool_stores, target_stores, weights, strict=True):
         if bad := set(target.nonfinite_ids):  # one NaN shot would make every score NaN
-            warnings.warn(f"{target.path}: left out {len(bad)} target examples with "
-                          f"non-finite gradients: {sorted(bad)[:10]}", stacklevel=2)
+            warnings.warn(
+                f"{target.path}: left out {len(bad)} target examples with "
+                f"non-finite gradients: {sorted(bad)[:10]}",
+                stacklevel=2,
+            )
             keep = [i for i, e in enumerate(target.ids) if e not in bad]
-            target = dataclasses.replace(target, ids=[target.ids[i] for i in keep],
-                                         features=np.asarray(target.features)[keep])
+            target = dataclasses.replace(
+                target,
+                ids=[target.ids[i] for i in keep],
+                features=np.asarray(target.features)[keep],
+            )
         mat, cols = target_matrix(target, target_subtask, subtasks, cfg.method, columns)
         nonfinite.update(pool.nonfinite_ids)
         # Streamed with plain reads into reused buffers: bounded memory at any store size.
@@ -99,9 +112,11 @@ def subtask_scores(
                 sims = np.stack([sims[:, cols == j].mean(1) for j in range(len(subtasks))], 1)
             out[start : start + len(chunk)] += w * sims
     if nonfinite:
-        warnings.warn(f"{len(nonfinite)} of {n} pool examples have non-finite gradients: "
-                      f"their scores are NaN and selection skips them: {sorted(nonfinite)[:10]}",
-                      stacklevel=2)
+        warnings.warn(
+            f"{len(nonfinite)} of {n} pool examples have non-finite gradients: "
+            f"their scores are NaN and selection skips them: {sorted(nonfinite)[:10]}",
+            stacklevel=2,
+        )
     return out, subtasks
 
 
@@ -111,23 +126,29 @@ def _check_compatible(pool_stores: Sequence[Store], target_stores: Sequence[Stor
     for p, t in zip(pool_stores, target_stores, strict=True):
         for key in ("projection", "dim", "model", "checkpoint"):
             if p.meta.get(key) != t.meta.get(key):
-                raise ValueError(f"{p.path} and {t.path} differ in {key}: "
-                                 f"{p.meta.get(key)!r} vs {t.meta.get(key)!r}")
+                raise ValueError(
+                    f"{p.path} and {t.path} differ in {key}: "
+                    f"{p.meta.get(key)!r} vs {t.meta.get(key)!r}"
+                )
         if p.ids != ids:
             raise ValueError(f"{p.path}: pool rows differ from {pool_stores[0].path}")
 
 
-def long_frame(matrix: np.ndarray, subtasks: list[str], ids: list[str],
-               sources: dict[str, str] | None = None) -> pl.DataFrame:
+def long_frame(
+    matrix: np.ndarray, subtasks: list[str], ids: list[str], sources: dict[str, str] | None = None
+) -> pl.DataFrame:
     """The shared scorer output: one row per (pool example, subtask)."""
     n, m = matrix.shape
     src = [(sources or {}).get(i, "") for i in ids]
-    return pl.DataFrame({
-        "example_id": np.repeat(np.asarray(ids, dtype=object), m).tolist(),
-        "source": np.repeat(np.asarray(src, dtype=object), m).tolist(),
-        "subtask": subtasks * n,
-        "score": matrix.reshape(-1),
-    }, schema=SCORE_SCHEMA)
+    return pl.DataFrame(
+        {
+            "example_id": np.repeat(np.asarray(ids, dtype=object), m).tolist(),
+            "source": np.repeat(np.asarray(src, dtype=object), m).tolist(),
+            "subtask": subtasks * n,
+            "score": matrix.reshape(-1),
+        },
+        schema=SCORE_SCHEMA,
+    )
 
 
 def aggregate(scores: pl.DataFrame, how: str = "max") -> pl.DataFrame:
@@ -138,10 +159,16 @@ def aggregate(scores: pl.DataFrame, how: str = "max") -> pl.DataFrame:
     # NaN sorts above every number in polars: make it null so it sorts last.
     ordered = scores.with_columns(pl.col("score").fill_nan(None)).with_row_index("_order")
     if how == "max":
-        best = ordered.sort("score", descending=True, nulls_last=True).group_by(
-            "example_id", maintain_order=True).first()
+        best = (
+            ordered.sort("score", descending=True, nulls_last=True)
+            .group_by("example_id", maintain_order=True)
+            .first()
+        )
     else:
         best = ordered.group_by("example_id").agg(
-            pl.col("_order").min(), pl.col("source").first(),
-            pl.lit("mean").alias("subtask"), pl.col("score").mean())
+            pl.col("_order").min(),
+            pl.col("source").first(),
+            pl.lit("mean").alias("subtask"),
+            pl.col("score").mean(),
+        )
     return best.sort("_order").select(list(SCORE_SCHEMA))

@@ -67,8 +67,15 @@ class Checkpoint:
         if not state_file.exists():
             raise FileNotFoundError(f"{state_file}: missing; the checkpoint is incomplete")
         s = json.loads(state_file.read_text())
-        return cls(path, s["epoch"], s["step"], s["lr"], tuple(s["betas"]), s["eps"],
-                   s.get("train_loss", float("nan")))
+        return cls(
+            path,
+            s["epoch"],
+            s["step"],
+            s["lr"],
+            tuple(s["betas"]),
+            s["eps"],
+            s.get("train_loss", float("nan")),
+        )
 
 
 def load_adapter(model: torch.nn.Module, checkpoint: Checkpoint) -> None:
@@ -77,13 +84,17 @@ def load_adapter(model: torch.nn.Module, checkpoint: Checkpoint) -> None:
     params = {canonical_name(n): p for n, p in model.named_parameters() if "lora_" in n}
     missing = sorted(set(params) - set(weights))
     if missing:
-        raise KeyError(f"{checkpoint.adapter_dir}: no weight for {missing[0]} "
-                       f"({len(missing)} missing); was it trained with the same LoRA settings?")
+        raise KeyError(
+            f"{checkpoint.adapter_dir}: no weight for {missing[0]} "
+            f"({len(missing)} missing); was it trained with the same LoRA settings?"
+        )
     with torch.no_grad():
         for name, p in params.items():
             if p.shape != weights[name].shape:
-                raise ValueError(f"{checkpoint.adapter_dir}: {name} has shape "
-                                 f"{tuple(weights[name].shape)}, model expects {tuple(p.shape)}")
+                raise ValueError(
+                    f"{checkpoint.adapter_dir}: {name} has shape "
+                    f"{tuple(weights[name].shape)}, model expects {tuple(p.shape)}"
+                )
             p.copy_(weights[name])
 
 
@@ -113,7 +124,9 @@ def _optimizer_step(model, optimizer, rows, data: pl.DataFrame, cfg: TrainConfig
     total = 0.0
     for micro in token_budget_batches(lengths, cfg.token_budget):
         idx = [rows[i] for i in micro]
-        batch = collate([data["input_ids"][i] for i in idx], [data["labels"][i] for i in idx], pad_id)
+        batch = collate(
+            [data["input_ids"][i] for i in idx], [data["labels"][i] for i in idx], pad_id
+        )
         losses, _ = completion_token_losses(model, batch)
         loss = losses.sum() / n_tok
         loss.backward()
@@ -149,10 +162,15 @@ def _check_or_write_settings(path: Path, settings: dict) -> None:
     if path.exists():
         old = json.loads(path.read_text())
         if old != settings:
-            diff = {k: (old.get(k), settings.get(k)) for k in set(old) | set(settings)
-                    if old.get(k) != settings.get(k)}
-            raise ValueError(f"{path}: existing run was made with different settings "
-                             f"(key: (on disk, now)) {diff}; use another directory")
+            diff = {
+                k: (old.get(k), settings.get(k))
+                for k in set(old) | set(settings)
+                if old.get(k) != settings.get(k)
+            }
+            raise ValueError(
+                f"{path}: existing run was made with different settings "
+                f"(key: (on disk, now)) {diff}; use another directory"
+            )
         return
     tmp = path.with_name(path.name + ".tmp")  # atomic: a kill never leaves half a file
     tmp.write_text(json.dumps(settings, indent=1, sort_keys=True))
@@ -196,17 +214,25 @@ def train_lora(
     """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    _check_or_write_settings(out_dir / "train_config.json", {"config": to_dict(cfg), **(settings or {})})
+    _check_or_write_settings(
+        out_dir / "train_config.json", {"config": to_dict(cfg), **(settings or {})}
+    )
     params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=cfg.learning_rate, betas=cfg.betas, eps=cfg.eps,
-                                  weight_decay=cfg.weight_decay)
+    optimizer = torch.optim.AdamW(
+        params, lr=cfg.learning_rate, betas=cfg.betas, eps=cfg.eps, weight_decay=cfg.weight_decay
+    )
     n = data.height
     steps_per_epoch = math.ceil(n / cfg.batch_size)
     total = steps_per_epoch * cfg.epochs
     checkpoints = _resume(model, optimizer, out_dir, cfg.epochs)
     model.train()
-    bar = tqdm(total=total, initial=len(checkpoints) * steps_per_epoch, desc="train",
-               disable=not progress, unit="step")
+    bar = tqdm(
+        total=total,
+        initial=len(checkpoints) * steps_per_epoch,
+        desc="train",
+        disable=not progress,
+        unit="step",
+    )
     for epoch in range(len(checkpoints) + 1, cfg.epochs + 1):
         torch.manual_seed(cfg.seed * 100_003 + epoch)  # dropout stream of this epoch
         order = _epoch_order(n, cfg.seed, epoch)
@@ -221,9 +247,16 @@ def train_lora(
             lrs.append(lr)
             bar.update(1)
             bar.set_postfix(epoch=epoch, loss=f"{losses[-1]:.3f}")
-        info = {"epoch": epoch, "step": (epoch) * steps_per_epoch, "lr": sum(lrs) / len(lrs),
-                "betas": list(cfg.betas), "eps": cfg.eps, "train_loss": sum(losses) / len(losses),
-                "n_examples": n, "config": to_dict(cfg)}
+        info = {
+            "epoch": epoch,
+            "step": (epoch) * steps_per_epoch,
+            "lr": sum(lrs) / len(lrs),
+            "betas": list(cfg.betas),
+            "eps": cfg.eps,
+            "train_loss": sum(losses) / len(losses),
+            "n_examples": n,
+            "config": to_dict(cfg),
+        }
         ckpt = _save_checkpoint(model, optimizer, out_dir / f"epoch-{epoch}", info)
         checkpoints.append(ckpt)
         if on_epoch is not None:
@@ -259,8 +292,10 @@ def import_hf_checkpoint(
             shape = dict(params)[name].shape if name in dict(params) else None
         else:
             if pos >= len(params):
-                raise ValueError(f"{opt_file}: {len(order)} optimizer entries, model has "
-                                 f"{len(params)} trainable tensors")
+                raise ValueError(
+                    f"{opt_file}: {len(order)} optimizer entries, model has "
+                    f"{len(params)} trainable tensors"
+                )
             name, shape = params[pos][0], params[pos][1].shape
         st = opt["state"][key]
         if shape is None or st["exp_avg"].shape != shape:
@@ -271,17 +306,32 @@ def import_hf_checkpoint(
     group = opt["param_groups"][0]
     epoch = max(1, round(float(trainer.get("epoch", 1))))
     if lr is None:
-        logged = [h["learning_rate"] for h in trainer.get("log_history", [])
-                  if "learning_rate" in h and epoch - 1 < h.get("epoch", 0) <= epoch]
+        logged = [
+            h["learning_rate"]
+            for h in trainer.get("log_history", [])
+            if "learning_rate" in h and epoch - 1 < h.get("epoch", 0) <= epoch
+        ]
         if not logged:
-            raise ValueError(f"{src / 'trainer_state.json'}: no learning rates logged for "
-                             f"epoch {epoch}; pass lr= explicitly")
+            raise ValueError(
+                f"{src / 'trainer_state.json'}: no learning rates logged for "
+                f"epoch {epoch}; pass lr= explicitly"
+            )
         lr = sum(logged) / len(logged)
     dest.mkdir(parents=True, exist_ok=True)
-    shutil.copytree(src, dest / "adapter", dirs_exist_ok=True,
-                    ignore=shutil.ignore_patterns("optimizer.pt", "*.pth", "rng_state*"))
+    shutil.copytree(
+        src,
+        dest / "adapter",
+        dirs_exist_ok=True,
+        ignore=shutil.ignore_patterns("optimizer.pt", "*.pth", "rng_state*"),
+    )
     save_file(moments, dest / "optimizer.safetensors")
-    info = {"epoch": epoch, "step": step or int(trainer.get("global_step", 0)), "lr": lr,
-            "betas": list(group["betas"]), "eps": group["eps"], "imported_from": str(src)}
+    info = {
+        "epoch": epoch,
+        "step": step or int(trainer.get("global_step", 0)),
+        "lr": lr,
+        "betas": list(group["betas"]),
+        "eps": group["eps"],
+        "imported_from": str(src),
+    }
     (dest / STATE_FILE).write_text(json.dumps(info, indent=1))
     return Checkpoint.load(dest)

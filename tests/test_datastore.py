@@ -15,8 +15,15 @@ from less_lab.datastore import StoreMismatchError, build_store, open_store
 from less_lab.scoring import aggregate, checkpoint_weights, long_frame, subtask_scores
 from less_lab.selection import select_top, selection_size
 
-SETTINGS = {"split": "pool", "feature": "adam", "dim": 3, "dtype": "float32",
-            "projection": {"kind": "none"}, "model": "m", "checkpoint": {"epoch": 1}}
+SETTINGS = {
+    "split": "pool",
+    "feature": "adam",
+    "dim": 3,
+    "dtype": "float32",
+    "projection": {"kind": "none"},
+    "model": "m",
+    "checkpoint": {"epoch": 1},
+}
 
 
 def _compute(matrix: np.ndarray, batch: int = 2, calls: list | None = None):
@@ -27,15 +34,22 @@ def _compute(matrix: np.ndarray, batch: int = 2, calls: list | None = None):
                 calls.extend(part)
             x = torch.as_tensor(matrix[part], dtype=torch.float32)
             norm = x.norm(dim=1)
-            yield SimpleNamespace(rows=part, features=x, loss=norm * 0 + 1, grad_norm=norm,
-                                  feature_norm=norm)
+            yield SimpleNamespace(
+                rows=part, features=x, loss=norm * 0 + 1, grad_norm=norm, feature_norm=norm
+            )
+
     return compute
 
 
 def make_store(path, matrix, ids=None, **settings):
     ids = ids or [f"e{i}" for i in range(len(matrix))]
-    return build_store(path, {**SETTINGS, "dim": matrix.shape[1], **settings}, ids,
-                       _compute(matrix), progress=False)
+    return build_store(
+        path,
+        {**SETTINGS, "dim": matrix.shape[1], **settings},
+        ids,
+        _compute(matrix),
+        progress=False,
+    )
 
 
 def test_round_trip(tmp_path):
@@ -73,8 +87,9 @@ def test_missing_meta_means_incomplete_and_resume_computes_only_missing_rows(tmp
     with pytest.raises(FileNotFoundError, match="incomplete"):
         open_store(path)
     calls: list[int] = []
-    store = build_store(path, SETTINGS, [f"e{i}" for i in range(7)], _compute(x, calls=calls),
-                        progress=False)
+    store = build_store(
+        path, SETTINGS, [f"e{i}" for i in range(7)], _compute(x, calls=calls), progress=False
+    )
     assert sorted(calls) == [4, 5, 6]  # rows 0-3 were done before the crash
     np.testing.assert_array_equal(np.asarray(store.features), x)
 
@@ -103,15 +118,30 @@ def test_nonfinite_rows_are_reported(tmp_path):
 
 def test_paper_score_by_hand(tmp_path):
     """Two checkpoints, two subtasks, hand-computed Eq. 2."""
-    pool = [np.array([[1, 0, 0], [0, 2, 0], [1, 1, 0]], np.float32),
-            np.array([[0, 0, 1], [0, 1, 0], [3, 0, 0]], np.float32)]
+    pool = [
+        np.array([[1, 0, 0], [0, 2, 0], [1, 1, 0]], np.float32),
+        np.array([[0, 0, 1], [0, 1, 0], [3, 0, 0]], np.float32),
+    ]
     # targets: subtask "a" has shots t0, t1; subtask "b" has t2
-    tgt = [np.array([[2, 0, 0], [0, 2, 0], [0, 0, 5]], np.float32),
-           np.array([[1, 0, 0], [1, 0, 0], [0, 1, 0]], np.float32)]
+    tgt = [
+        np.array([[2, 0, 0], [0, 2, 0], [0, 0, 5]], np.float32),
+        np.array([[1, 0, 0], [1, 0, 0], [0, 1, 0]], np.float32),
+    ]
     targets = pl.DataFrame({"example_id": ["t0", "t1", "t2"], "subtask": ["a", "a", "b"]})
-    pstores = [make_store(tmp_path / f"p{i}", m, checkpoint={"epoch": i}) for i, m in enumerate(pool)]
-    tstores = [make_store(tmp_path / f"t{i}", m, ids=["t0", "t1", "t2"], split="target",
-                          feature="sgd", checkpoint={"epoch": i}) for i, m in enumerate(tgt)]
+    pstores = [
+        make_store(tmp_path / f"p{i}", m, checkpoint={"epoch": i}) for i, m in enumerate(pool)
+    ]
+    tstores = [
+        make_store(
+            tmp_path / f"t{i}",
+            m,
+            ids=["t0", "t1", "t2"],
+            split="target",
+            feature="sgd",
+            checkpoint={"epoch": i},
+        )
+        for i, m in enumerate(tgt)
+    ]
     lrs = [3e-5, 1e-5]
     matrix, subtasks = subtask_scores(pstores, tstores, targets, lrs)
     assert subtasks == ["a", "b"]
@@ -119,11 +149,13 @@ def test_paper_score_by_hand(tmp_path):
     s2 = 1 / np.sqrt(2)
     # ckpt 0: mean of a = (1,1,0)/.. -> unit (s2,s2,0); b = (0,0,1)
     # ckpt 1: mean of a = (1,0,0); b = (0,1,0)
-    want = np.array([
-        [w[0] * s2 + w[1] * 0, w[0] * 0 + w[1] * 0],      # e0: (1,0,0) / (0,0,1)
-        [w[0] * s2 + w[1] * 0, w[0] * 0 + w[1] * 1],      # e1: (0,1,0) / (0,1,0)
-        [w[0] * 1 + w[1] * 1, w[0] * 0 + w[1] * 0],       # e2: (s2,s2,0) / (1,0,0)
-    ])
+    want = np.array(
+        [
+            [w[0] * s2 + w[1] * 0, w[0] * 0 + w[1] * 0],  # e0: (1,0,0) / (0,0,1)
+            [w[0] * s2 + w[1] * 0, w[0] * 0 + w[1] * 1],  # e1: (0,1,0) / (0,1,0)
+            [w[0] * 1 + w[1] * 1, w[0] * 0 + w[1] * 0],  # e2: (s2,s2,0) / (1,0,0)
+        ]
+    )
     np.testing.assert_allclose(matrix, want, atol=1e-6)
     agg = aggregate(long_frame(matrix, subtasks, pstores[0].ids))
     assert agg["subtask"].to_list() == [subtasks[j] for j in want.argmax(1)]
@@ -151,8 +183,14 @@ def test_weights_and_selection_size():
 
 
 def test_nan_scores_are_never_selected():
-    agg = pl.DataFrame({"example_id": ["a", "b", "c"], "source": ["x"] * 3,
-                        "subtask": ["s"] * 3, "score": [float("nan"), 0.1, 0.2]})
+    agg = pl.DataFrame(
+        {
+            "example_id": ["a", "b", "c"],
+            "source": ["x"] * 3,
+            "subtask": ["s"] * 3,
+            "score": [float("nan"), 0.1, 0.2],
+        }
+    )
     top = select_top(aggregate(agg), SelectConfig(k=3))
     assert top["example_id"].to_list() == ["c", "b"]
 

@@ -58,7 +58,9 @@ def test_batched_gradients_equal_batch_one_backward(tiny_model, tiny_tokenizer):
         for block, r in zip(blocks, ref, strict=True):
             assert r.abs().max() > 0
             torch.testing.assert_close(block[row], r, rtol=1e-4, atol=1e-7)
-    single = torch.stack([model(**collate([x], [y], pad)).loss for x, y in zip(ids, labels)])
+    single = torch.stack(
+        [model(**collate([x], [y], pad)).loss for x, y in zip(ids, labels, strict=False)]
+    )
     torch.testing.assert_close(losses, single.detach(), rtol=1e-5, atol=1e-6)
 
 
@@ -91,8 +93,12 @@ def test_adam_features_match_hand_computation(bias_correction, eps_inside):
     gen = torch.Generator().manual_seed(0)
     names = ["a.lora_A.weight", "a.lora_B.weight"]
     grads = [torch.randn(3, 6, generator=gen), torch.randn(3, 4, generator=gen) * 1e-3]
-    m = {n: torch.randn(g.shape[1], generator=gen) * 1e-2 for n, g in zip(names, grads)}
-    v = {n: torch.rand(g.shape[1], generator=gen) * 1e-6 for n, g in zip(names, grads)}
+    m = {
+        n: torch.randn(g.shape[1], generator=gen) * 1e-2 for n, g in zip(names, grads, strict=False)
+    }
+    v = {
+        n: torch.rand(g.shape[1], generator=gen) * 1e-6 for n, g in zip(names, grads, strict=False)
+    }
     state = AdamState(m, v, step=7, betas=(0.9, 0.95), eps=1e-8)
     cfg = GradientConfig(adam_bias_correction=bias_correction, adam_eps_inside_sqrt=eps_inside)
     feats = to_features([g.clone() for g in grads], names, "adam", cfg, state)

@@ -10,7 +10,14 @@ import numpy as np
 import polars as pl
 import pytest
 
-from less_lab import DataConfig, GradientConfig, LoraSettings, SelectConfig, TrainConfig, WarmupConfig
+from less_lab import (
+    DataConfig,
+    GradientConfig,
+    LoraSettings,
+    SelectConfig,
+    TrainConfig,
+    WarmupConfig,
+)
 from less_lab.data import read_pool
 from less_lab.datastore import StoreMismatchError, open_store
 from less_lab.lab import Lab
@@ -23,15 +30,27 @@ BBH_TASKS = ["boolean_expressions", "navigate", "word_sorting"]
 @pytest.fixture(scope="module")
 def lab(shared_data, smollm2, tmp_path_factory):
     pool = read_pool(shared_data / "pool")
-    pool = pl.concat([g.sample(min(40, g.height), seed=0)
-                      for _, g in pool.group_by("source", maintain_order=True)])
+    pool = pl.concat(
+        [
+            g.sample(min(40, g.height), seed=0)
+            for _, g in pool.group_by("source", maintain_order=True)
+        ]
+    )
     targets = read_targets(shared_data / "eval" / "bbh")
     targets = targets.filter(pl.col("subtask").is_in(BBH_TASKS))
-    lab = Lab(tmp_path_factory.mktemp("run"),
-              data=DataConfig(max_length=128),
-              warmup=WarmupConfig(fraction=0.1, train=TrainConfig(
-                  epochs=2, batch_size=8, learning_rate=1e-4, lora=LoraSettings(r=8, alpha=32))),
-              gradients=GradientConfig(proj_dim=2048), select=SelectConfig(k=20), progress=False)
+    lab = Lab(
+        tmp_path_factory.mktemp("run"),
+        data=DataConfig(max_length=128),
+        warmup=WarmupConfig(
+            fraction=0.1,
+            train=TrainConfig(
+                epochs=2, batch_size=8, learning_rate=1e-4, lora=LoraSettings(r=8, alpha=32)
+            ),
+        ),
+        gradients=GradientConfig(proj_dim=2048),
+        select=SelectConfig(k=20),
+        progress=False,
+    )
     model, tokenizer = smollm2
     import copy
 

@@ -23,19 +23,32 @@ def tiny_data(n: int = 12, vocab: int = 500, seed: int = 0) -> pl.DataFrame:
         length = 4 + i % 7
         ids = torch.randint(3, vocab, (length,), generator=gen).tolist()
         labels = [IGNORE] * 2 + ids[2:]
-        rows.append({"example_id": f"x{i}", "input_ids": ids, "labels": labels,
-                     "n_tokens": length, "n_completion_tokens": length - 2})
+        rows.append(
+            {
+                "example_id": f"x{i}",
+                "input_ids": ids,
+                "labels": labels,
+                "n_tokens": length,
+                "n_completion_tokens": length - 2,
+            }
+        )
     return pl.DataFrame(rows)
 
 
-CFG = TrainConfig(epochs=3, learning_rate=1e-3, batch_size=5, token_budget=24,
-                  lora=LoraSettings(r=2, alpha=4, dropout=0.1))
+CFG = TrainConfig(
+    epochs=3,
+    learning_rate=1e-3,
+    batch_size=5,
+    token_budget=24,
+    lora=LoraSettings(r=2, alpha=4, dropout=0.1),
+)
 
 
 def _train(tokenizer, out, cfg=CFG, **kw):
     model = add_lora(tiny_llama(tokenizer, seed=0), cfg.lora, seed=cfg.seed)
-    return model, train_lora(model, tiny_data(), cfg, out, pad_id=tokenizer.pad_token_id,
-                             progress=False, **kw)
+    return model, train_lora(
+        model, tiny_data(), cfg, out, pad_id=tokenizer.pad_token_id, progress=False, **kw
+    )
 
 
 def test_checkpoints_hold_adapter_moments_step_and_mean_lr(tiny_tokenizer, tmp_path):
@@ -43,8 +56,9 @@ def test_checkpoints_hold_adapter_moments_step_and_mean_lr(tiny_tokenizer, tmp_p
     assert [c.epoch for c in ckpts] == [1, 2, 3]
     steps = 3  # ceil(12 / 5) per epoch
     assert [c.step for c in ckpts] == [3, 6, 9]
-    want = [sum(lr_at(s, 9, CFG) for s in range(e * steps, (e + 1) * steps)) / steps
-            for e in range(3)]
+    want = [
+        sum(lr_at(s, 9, CFG) for s in range(e * steps, (e + 1) * steps)) / steps for e in range(3)
+    ]
     assert [c.lr for c in ckpts] == pytest.approx(want)
     state = ckpts[-1].adam_state()
     assert state.step == 9 and state.betas == (0.9, 0.999) and state.eps == 1e-8
@@ -54,7 +68,7 @@ def test_checkpoints_hold_adapter_moments_step_and_mean_lr(tiny_tokenizer, tmp_p
     # final adapter weights equal the trained model's
     fresh = add_lora(tiny_llama(tiny_tokenizer, seed=0), CFG.lora, seed=5)
     load_adapter(fresh, ckpts[-1])
-    for (n, p), (n2, q) in zip(model.named_parameters(), fresh.named_parameters(), strict=True):
+    for (n, p), (_n2, q) in zip(model.named_parameters(), fresh.named_parameters(), strict=True):
         if "lora_" in n:
             torch.testing.assert_close(p, q)
 
@@ -112,8 +126,9 @@ def test_incomplete_checkpoint_is_refused(tmp_path):
     (tmp_path / "epoch-1").mkdir()
     with pytest.raises(FileNotFoundError, match="incomplete"):
         Checkpoint.load(tmp_path / "epoch-1")
-    (tmp_path / "epoch-1" / "state.json").write_text(json.dumps(
-        {"epoch": 1, "step": 3, "lr": 1e-5, "betas": [0.9, 0.999], "eps": 1e-8}))
+    (tmp_path / "epoch-1" / "state.json").write_text(
+        json.dumps({"epoch": 1, "step": 3, "lr": 1e-5, "betas": [0.9, 0.999], "eps": 1e-8})
+    )
     assert Checkpoint.load(tmp_path / "epoch-1").step == 3
 
 
@@ -132,8 +147,18 @@ def _fake_hf_checkpoint(model, tmp_path, by_name: bool):
     src = tmp_path / "checkpoint-30"
     model.save_pretrained(src)
     torch.save(sd, src / "optimizer.pt")
-    (src / "trainer_state.json").write_text(json.dumps({"epoch": 1.0, "global_step": 1,
-        "log_history": [{"epoch": 0.5, "learning_rate": 2e-5}, {"epoch": 1.0, "learning_rate": 1e-5}]}))
+    (src / "trainer_state.json").write_text(
+        json.dumps(
+            {
+                "epoch": 1.0,
+                "global_step": 1,
+                "log_history": [
+                    {"epoch": 0.5, "learning_rate": 2e-5},
+                    {"epoch": 1.0, "learning_rate": 1e-5},
+                ],
+            }
+        )
+    )
     return opt, params
 
 
@@ -149,5 +174,7 @@ def test_import_hf_trainer_checkpoint(tiny_tokenizer, tmp_path, by_name):
     assert ckpt.betas == (0.9, 0.95) and ckpt.eps == 1e-6
     state = ckpt.adam_state()
     for name, p in params:
-        torch.testing.assert_close(state.exp_avg_sq[canonical_name(name)], opt.state[p]["exp_avg_sq"])
+        torch.testing.assert_close(
+            state.exp_avg_sq[canonical_name(name)], opt.state[p]["exp_avg_sq"]
+        )
     load_adapter(model, ckpt)  # adapter weights line up with the model
