@@ -1,0 +1,415 @@
+"""LESS against its baselines, the paper's Table 3: select, fine-tune, evaluate, per seed.
+
+For every (method, seed): select ``fraction`` of the pool (LESS through a ``Lab``; the
+baselines through :mod:`less_lab.baselines`), fine-tune a fresh LoRA on it
+(:func:`less_lab.finetune.finetune`, best epoch by validation loss on the target's
+few-shot examples, appendix B), then run the test evaluations on the best epoch. Every
+stage is cached under ``out_dir/<method>/seed-<s>/`` (``selection.parquet``, the
+training checkpoints with their per-epoch metrics, ``test.json``), so a killed
+comparison resumes where it stopped. Test metrics are cached by evaluation *name*: an
+evaluation added later runs on the cached best checkpoints; after changing what a name
+evaluates, use a new name (or delete the ``test.json`` files).
+
+Seeds (appendix A.2): for LESS a seed is the warmup-subset seed (each seed gets its own
+warmup, datastore and selection in ``lab.run_dir/seeds/warmup-seed-<s>``; the lab's own
+seed reuses the lab's run); for random and DSIR it drives the draw (DSIR resamples by
+importance weight, as the paper did). BM25, RDS (base model's states) and the full pool
+are deterministic and run once. The optimisation seed (``train_cfg.seed``) is the same
+for every run, as in the paper.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from collections.abc import Mapping, Sequence
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import polars as pl
+
+from .config import SelectConfig, TrainConfig, fingerprint, to_dict
+from .evaluation import EvalFn, make_eval
+from .finetune import clean_copy, finetune, frame_metrics, resolve_model, validation_fn
+from .selection import selection_size
+
+METHODS = ("less", "random", "bm25", "dsir", "rds")
+DETERMINISTIC = frozenset({"bm25", "rds", "full"})
+SETTINGS_FILE = "compare.json"
+
+
+def base_model_copy(lab) -> Any:
+    """A clean copy of the lab's selection model (LoRA removed), loaded if needed."""
+    lab.tokenizer  # noqa: B018  (loads the model on first use)
+    return clean_copy(lab._peft if lab._peft is not None else lab._model)
+
+
+def _seed_lab(lab, seed: int):
+    """The lab whose warmup subset is drawn with ``seed`` (the lab itself for its own)."""
+    if seed == lab.warmup_cfg.seed:
+        return lab
+    from .lab import Lab
+
+    seeded = Lab(
+        lab.run_dir / "seeds" / f"warmup-seed-{seed}",
+        model=lab.model_name,
+        data=lab.data_cfg,
+        warmup=replace(lab.warmup_cfg, seed=seed),
+        gradients=lab.grad_cfg,
+        scoring=lab.score_cfg,
+        select=lab.select_cfg,
+        progress=lab.progress,
+    )
+    seeded.pool, seeded.targets = lab.pool, dict(lab.targets)
+    seeded.use_model(base_model_copy(lab), lab.tokenizer)
+    return seeded
+
+
+def select(
+    lab, target: str, method: str, k: int, seed: int, *, dsir_resample: bool = True
+) -> pl.DataFrame:
+    """``rank, example_id, score, subtask`` of the ``k`` examples ``method`` picks."""
+    cfg = SelectConfig(k=k)
+    if method == "less":
+        top = _seed_lab(lab, seed).select(target, cfg)
+    elif method == "full":
+        top = (
+            lab.pool.select("example_id")
+            .with_columns(pl.lit(0.0).alias("score"), pl.lit("").alias("subtask"))
+            .with_row_index("rank", 1)
+        )
+    else:
+        from . import baselines
+        from .scoring import aggregate
+        from .selection import select_top
+
+        pool, targets = lab.pool, lab.targets[target]
+        if method == "dsir" and dsir_resample:
+            top = baselines.dsir_resample(pool, targets, cfg, seed=seed)
+        else:
+            model = base_model_copy(lab) if method == "rds" else None
+            tok = lab.tokenizer if method == "rds" else None
+            long = baselines.baseline_scores(
+                method, pool, targets, model=model, tokenizer=tok, data_cfg=lab.data_cfg, seed=seed
+            )
+            top = select_top(aggregate(long, lab.score_cfg.aggregate), cfg)
+    return top.select(
+        pl.col("rank").cast(pl.Int64),
+        "example_id",
+        pl.col("score").cast(pl.Float64),
+        pl.col("subtask").cast(pl.String),
+    )
+
+
+def _check_settings(out_dir: Path, settings: dict) -> None:
+    path = out_dir / SETTINGS_FILE
+    settings = json.loads(json.dumps(settings))
+    if path.exists():
+        old = json.loads(path.read_text())
+        if old != settings:
+            diff = {
+                k: (old.get(k), settings.get(k))
+                for k in sorted(set(old) | set(settings))
+                if old.get(k) != settings.get(k)
+            }
+            raise ValueError(
+                f"{path}: this comparison was run with other settings "
+                f"(key: (on disk, now)) {diff}; use another out_dir"
+            )
+    else:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(settings, indent=1, sort_keys=True))
+
+
+def _selection_stats(lab, sel: pl.DataFrame) -> dict:
+    """Length-bias and diversity diagnostics of a selection (DESIGN §2: check them)."""
+    tok = lab.tokenized("pool").select("example_id", "n_completion_tokens")
+    rows = sel.join(lab.pool.select("example_id", "source"), on="example_id", how="left")
+    rows = rows.join(tok, on="example_id", how="left")
+    top = rows["source"].value_counts(sort=True)
+    return {
+        "n_selected": sel.height,
+        "sel_completion_tokens": float(rows["n_completion_tokens"].mean() or 0.0),
+        "sel_top_source_share": float(top["count"][0] / sel.height) if sel.height else 0.0,
+        "sel_n_subtasks": int(sel["subtask"].n_unique()),
+    }
+
+
+def _run(
+    lab,
+    target: str,
+    method: str,
+    seed: int,
+    k: int,
+    run_dir: Path,
+    *,
+    train_cfg,
+    evals: Mapping[str, EvalFn],
+    val_evals: Mapping[str, EvalFn],
+    val_metric: str,
+    target_model,
+    target_tokenizer,
+    dsir_resample: bool,
+    token_budget: int,
+) -> dict:
+    """One (method, seed) cell, every stage cached in ``run_dir``."""
+    sel_file = run_dir / "selection.parquet"
+    if not sel_file.exists():
+        run_dir.mkdir(parents=True, exist_ok=True)
+        sel = select(lab, target, method, k, seed, dsir_resample=dsir_resample)
+        sel.write_parquet(run_dir / "selection.parquet.tmp")
+        (run_dir / "selection.parquet.tmp").replace(sel_file)
+    sel = pl.read_parquet(sel_file)
+    train = lab.pool.filter(pl.col("example_id").is_in(sel["example_id"].implode()))
+    if target_model is None:
+        fresh, tok = base_model_copy(lab), lab.tokenizer
+    else:
+        fresh, tok = resolve_model(target_model, target_tokenizer)
+    val = validation_fn(
+        tok, lab.targets[target], data_cfg=lab.data_cfg, token_budget=token_budget, extra=val_evals
+    )
+    result = finetune(
+        lambda: fresh,
+        tok,
+        train,
+        val,
+        train_cfg,
+        run_dir / "train",
+        lab.data_cfg,
+        metric=val_metric,
+        eval_key=",".join(["val_loss", *val_evals]),
+        progress=lab.progress,
+    )
+    test_file = run_dir / "test.json"
+    cached = json.loads(test_file.read_text()) if test_file.exists() else {}
+    if cached.get("best_epoch") != result.best_epoch:
+        cached = {"best_epoch": result.best_epoch, "metrics": {}}
+    for name, fn in evals.items():
+        if name not in cached["metrics"]:
+            frame = fn(result.model, tok)
+            frame.write_parquet(run_dir / f"test_{name}.parquet")
+            cached["metrics"][name] = frame_metrics(frame, f"{name}_")
+            test_file.write_text(json.dumps(cached, indent=1))
+    best = result.history.filter(pl.col("epoch") == result.best_epoch).row(0, named=True)
+    row = {
+        "method": method,
+        "seed": seed,
+        "best_epoch": result.best_epoch,
+        **_selection_stats(lab, sel),
+        **{k: v for k, v in best.items() if k.startswith("val_") or k == "train_loss"},
+    }
+    for name in evals:
+        row |= cached["metrics"][name]
+    return row
+
+
+def compare(
+    lab,
+    target: str,
+    *,
+    methods: Sequence[str] = METHODS,
+    fraction: float = 0.05,
+    k: int | None = None,
+    seeds: Sequence[int] = (0, 1, 2),
+    train_cfg: TrainConfig | None = None,
+    evals: Mapping[str, EvalFn] | None = None,
+    val_evals: Mapping[str, EvalFn] | None = None,
+    val_metric: str = "val_loss",
+    include_full: bool = False,
+    out_dir: str | Path | None = None,
+    target_model: Any = None,
+    target_tokenizer: Any = None,
+    per_seed_warmup: bool = True,
+    dsir_resample: bool = True,
+    token_budget: int = 4096,
+) -> pl.DataFrame:
+    """Table 3: one row per method with ``<metric>_mean`` / ``<metric>_std`` over seeds.
+
+    ``evals``: test evaluations ``{name: (model, tokenizer) -> frame}`` run on each best
+    checkpoint (see ``evaluation.make_eval``); their ``average`` rows become columns
+    ``<name>_<metric>``. ``train_cfg`` defaults to the lab's warmup training config.
+    ``target_model`` (a name, model or factory, with ``target_tokenizer``) fine-tunes
+    another model than the selection model (LESS-T). ``per_seed_warmup=False`` uses the
+    lab's single warmup for every seed (LESS then runs once). The long per-seed frame is
+    ``out_dir/runs.parquet`` (:func:`load_runs`).
+    """
+    if lab.pool is None or target not in lab.targets:
+        raise KeyError(f"the lab needs a pool and target {target!r} (have {list(lab.targets)})")
+    train_cfg = train_cfg or lab.warmup_cfg.train
+    evals, val_evals = dict(evals or {}), dict(val_evals or {})
+    out_dir = Path(out_dir) if out_dir is not None else lab.run_dir / "compare" / target
+    n = selection_size(lab.pool.height, SelectConfig(fraction=fraction, k=k))
+    _check_settings(
+        out_dir,
+        {
+            "target": target,
+            "k": n,
+            "train": to_dict(train_cfg),
+            "lab": fingerprint(lab.settings()),
+            "pool": fingerprint(sorted(lab.pool["example_id"].to_list())),
+            "targets": fingerprint(sorted(lab.targets[target]["example_id"].to_list())),
+            "val_metric": val_metric,
+            "per_seed_warmup": per_seed_warmup,
+            "dsir_resample": dsir_resample,
+            "target_model": None
+            if target_model is None
+            else str(target_model if isinstance(target_model, str) else type(target_model)),
+        },
+    )
+    rows = []
+    for method in [*methods, *(["full"] if include_full else [])]:
+        once = method in DETERMINISTIC or (method == "less" and not per_seed_warmup)
+        for seed in seeds[:1] if once else seeds:
+            if method == "less" and not per_seed_warmup:
+                seed = lab.warmup_cfg.seed
+            rows.append(
+                _run(
+                    lab,
+                    target,
+                    method,
+                    seed,
+                    n,
+                    out_dir / method / f"seed-{seed}",
+                    train_cfg=train_cfg,
+                    evals=evals,
+                    val_evals=val_evals,
+                    val_metric=val_metric,
+                    target_model=target_model,
+                    target_tokenizer=target_tokenizer,
+                    dsir_resample=dsir_resample,
+                    token_budget=token_budget,
+                )
+            )
+            pl.DataFrame(rows).write_parquet(out_dir / "runs.parquet")
+    return summary_table(pl.DataFrame(rows))
+
+
+def load_runs(out_dir: str | Path) -> pl.DataFrame:
+    """The long per-(method, seed) frame a comparison wrote."""
+    return pl.read_parquet(Path(out_dir) / "runs.parquet")
+
+
+def summary_table(runs: pl.DataFrame) -> pl.DataFrame:
+    """Mean and sample std over seeds of every numeric column, one row per method (in
+    the order first seen); the std of a single run is null."""
+    skip = {"method", "seed"}
+    metrics = [c for c, t in runs.schema.items() if c not in skip and t.is_numeric()]
+    aggs = [pl.len().alias("n_runs")]
+    for c in metrics:
+        aggs += [pl.col(c).mean().alias(f"{c}_mean"), pl.col(c).std().alias(f"{c}_std")]
+    return runs.group_by("method", maintain_order=True).agg(aggs)
+
+
+def paper_table(table: pl.DataFrame, metrics: Sequence[str], digits: int = 2) -> pl.DataFrame:
+    """Table 3's layout: one row per metric, one column per method, "mean (std)"."""
+    out: dict[str, list[str]] = {"metric": list(metrics)}
+    for row in table.iter_rows(named=True):
+        cells = []
+        for m in metrics:
+            mean, std = row.get(f"{m}_mean"), row.get(f"{m}_std")
+            cell = "-" if mean is None else f"{mean:.{digits}f}"
+            cells.append(cell if std is None else f"{cell} ({std:.{digits}f})")
+        out[row["method"]] = cells
+    return pl.DataFrame(out)
+
+
+# --------------------------------------------------------------------------- CLI
+
+
+def add_compare_command(subparsers) -> argparse.ArgumentParser:
+    """``less-lab compare``: the stage flags of ``less-lab run`` plus the comparison's."""
+    p = subparsers.add_parser("compare", help="LESS vs baselines: select, fine-tune, evaluate")
+    p.add_argument("--run-dir", required=True, type=Path)
+    p.add_argument("--pool", nargs="+", required=True, help="pool JSONL files or dirs")
+    p.add_argument("--target", action="append", required=True, metavar="NAME=PATH")
+    p.add_argument("--model", default="smollm2-135m")
+    p.add_argument("--on-error", choices=["raise", "skip"], default="raise")
+    p.add_argument("--set", action="append", default=[], metavar="SECTION.FIELD=VALUE")
+    p.add_argument("--quiet", action="store_true")
+    p.add_argument("--methods", nargs="+", default=list(METHODS), choices=[*METHODS, "full"])
+    p.add_argument("--fraction", type=float, default=0.05)
+    p.add_argument("--k", type=int, default=None, help="exact selection size (wins over fraction)")
+    p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
+    p.add_argument("--include-full", action="store_true")
+    p.add_argument(
+        "--shared-warmup",
+        action="store_true",
+        help="one warmup for all LESS seeds (LESS then runs once)",
+    )
+    p.add_argument(
+        "--train-set",
+        action="append",
+        default=[],
+        metavar="FIELD=VALUE",
+        help="fine-tuning TrainConfig override, e.g. epochs=2 or lora.r=8 "
+        "(default: the warmup's training config)",
+    )
+    p.add_argument(
+        "--eval",
+        action="append",
+        default=[],
+        metavar="NAME=KIND:PATH",
+        help="test evaluation; KIND: mmlu, bbh, squad, tydiqa, gsm8k, "
+        "truthfulqa, mmlu-loss, bbh-loss, loss",
+    )
+    p.add_argument("--max-per-subtask", type=int, default=None)
+    p.add_argument("--out-dir", type=Path, default=None)
+    return p
+
+
+def _train_cfg(base: TrainConfig, sets: list[str]) -> TrainConfig:
+    from .cli import _parse_value, _replace_path
+
+    for item in sets:
+        key, sep, raw = item.partition("=")
+        if not sep:
+            raise SystemExit(f"--train-set {item!r}: expected FIELD=VALUE")
+        base = _replace_path(base, key.split("."), _parse_value(raw))
+    return base
+
+
+def _evals(specs: list[str], max_per_subtask: int | None, data_cfg) -> dict[str, EvalFn]:
+    out = {}
+    for spec in specs:
+        name, _, rest = spec.partition("=")
+        kind, sep, path = rest.partition(":")
+        if not name or not sep:
+            raise SystemExit(f"--eval {spec!r}: expected NAME=KIND:PATH")
+        out[name] = make_eval(kind, path, max_per_subtask=max_per_subtask, data_cfg=data_cfg)
+    return out
+
+
+def run_compare_command(args) -> int:
+    """Run ``compare`` for every ``--target`` and print its table."""
+    from .cli import _make_lab
+
+    lab = _make_lab(args)
+    train = _train_cfg(lab.warmup_cfg.train, args.train_set)
+    evals = _evals(args.eval, args.max_per_subtask, lab.data_cfg)
+    for name in lab.targets:
+        out = args.out_dir / name if args.out_dir else None
+        table = compare(
+            lab,
+            name,
+            methods=args.methods,
+            fraction=args.fraction,
+            k=args.k,
+            seeds=args.seeds,
+            train_cfg=train,
+            evals=evals,
+            include_full=args.include_full,
+            out_dir=out,
+            per_seed_warmup=not args.shared_warmup,
+        )
+        metrics = [
+            "val_loss",
+            *[
+                c[: -len("_mean")]
+                for c in table.columns
+                if c.endswith("_mean") and any(c.startswith(f"{e}_") for e in evals)
+            ],
+        ]
+        print(f"== {name}")
+        print(paper_table(table, metrics))
+    return 0
