@@ -187,7 +187,12 @@ def main(argv: list[str] | None = None) -> int:
             "torch device such as cuda:0",
         )
         p.add_argument("--quiet", action="store_true")
+    from .compare import add_compare_command, run_compare_command
+
+    add_compare_command(sub)
     args = parser.parse_args(argv)
+    if args.command == "compare":
+        return run_compare_command(args)
     if args.command == "demo":
         from .demo import run_demo
 

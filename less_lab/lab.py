@@ -236,6 +236,31 @@ class Lab:
         self.last_paths = write_selection(top, self.pool, out, scores=long)
         return top
 
+    def compare(self, target: str, **kwargs) -> pl.DataFrame:
+        """The paper's Table 3 for ``target``: select with LESS and the baselines, fine-tune,
+        evaluate, mean and std over seeds (``compare.compare``; resumable)."""
+        from .compare import compare
+
+        return compare(self, target, **kwargs)
+
+    def diagnostics(self, target: str, **kwargs):
+        """When to trust this selection (``diagnostics.summary``): split-half projection
+        reliability, selection shape against the pool, truncation report."""
+        from .diagnostics import summary
+
+        return summary(
+            self.datastore("pool"),
+            self.datastore(target),
+            self.targets[target],
+            [c.lr for c in self.checkpoints()],
+            score_cfg=self.score_cfg,
+            select_cfg=self.select_cfg,
+            tokenized_pool=self.tokenized("pool"),
+            dropped=self.dropped.get("pool"),
+            pool=self.pool,
+            **kwargs,
+        )
+
     def explore(self, target: str, **views):
         """Interactive views of a finished selection (``widgets.explore``): top/negative
         examples, similarity curves, subset distribution, lengths, neighbours."""

@@ -1,0 +1,65 @@
+"""The Lab facade end to end on the tiny model and the demo data (seconds, no download)."""
+
+from __future__ import annotations
+
+import polars as pl
+
+from less_lab import (
+    DataConfig,
+    GradientConfig,
+    LoraSettings,
+    SelectConfig,
+    TrainConfig,
+    WarmupConfig,
+)
+from less_lab.cli import build_configs
+from less_lab.demo_data import demo_pool, demo_targets
+from less_lab.lab import Lab
+
+
+def _lab(tmp_path, tiny_model, tiny_tokenizer) -> Lab:
+    lab = Lab(
+        tmp_path / "run",
+        data=DataConfig(max_length=64),
+        warmup=WarmupConfig(
+            fraction=0.3,
+            train=TrainConfig(
+                epochs=2, batch_size=4, learning_rate=1e-3, lora=LoraSettings(r=2, alpha=4)
+            ),
+        ),
+        gradients=GradientConfig(proj_dim=256),
+        select=SelectConfig(k=5),
+        progress=False,
+    )
+    lab.use_model(tiny_model, tiny_tokenizer)
+    lab.set_pool(demo_pool().head(30))
+    lab.add_target("demo", demo_targets())
+    return lab
+
+
+def test_lab_select_diagnostics_and_repr(tmp_path, tiny_model, tiny_tokenizer):
+    lab = _lab(tmp_path, tiny_model, tiny_tokenizer)
+    top = lab.select("demo")
+    assert top.height == 5 and top["score"].is_sorted(descending=True)
+    assert (lab.run_dir / "selections/demo/selected.jsonl").read_text().count("\n") == 5
+    assert len(lab.checkpoints()) == 2
+    assert "warmup: 2/2 checkpoints" in repr(lab)
+    diag = lab.diagnostics("demo")
+    assert diag is not None
+    long = lab.subtask_scores("demo")
+    assert long.height == 30 * demo_targets()["subtask"].n_unique()
+    assert set(long.columns) == {"example_id", "source", "subtask", "score"}
+    assert isinstance(lab.scores("demo"), pl.DataFrame)
+
+
+def test_cli_set_overrides_nested_fields():
+    c = build_configs(
+        [
+            "warmup.train.lora.r=8",
+            "data.max_length=64",
+            "select.k=3",
+            "warmup.train.betas=[0.9, 0.95]",
+        ]
+    )
+    assert c["warmup"].train.lora.r == 8 and c["data"].max_length == 64
+    assert c["select"].k == 3 and c["warmup"].train.betas == (0.9, 0.95)
