@@ -14,6 +14,7 @@ settings; a stage made with other settings is refused with both values named.
 from __future__ import annotations
 
 import json
+import warnings
 from dataclasses import replace
 from pathlib import Path
 
@@ -229,6 +230,9 @@ class Lab:
         cfg = cfg or self.select_cfg
         long, agg = self._score(target, feature)
         top = select_top(agg, cfg)
+        rel = self.reliability(target, feature)  # split-half check with every LESS selection
+        if rel is not None and rel.r_full < 0.8:
+            warnings.warn(f"{target}: {rel.text()}", stacklevel=2)
         top = top.join(
             self.pool.select("example_id", *self._extra_pool_columns()), on="example_id", how="left"
         )
@@ -243,23 +247,88 @@ class Lab:
 
         return compare(self, target, **kwargs)
 
-    def diagnostics(self, target: str, **kwargs):
-        """When to trust this selection (``diagnostics.summary``): split-half projection
-        reliability, selection shape against the pool, truncation report."""
-        from .diagnostics import summary
+    def reliability(self, target: str, feature: str | None = None):
+        """Split-half projection reliability of ``target``'s scores (None for exact features)."""
+        from .reliability import split_half
 
+        pool_stores = self.datastore("pool", feature)
+        if pool_stores[0].meta["projection"]["kind"] == "none":
+            return None
+        return split_half(
+            pool_stores,
+            self.datastore(target),
+            self.targets[target],
+            [c.lr for c in self.checkpoints()],
+            self.score_cfg,
+            self.select_cfg,
+        )
+
+    def select_balanced(
+        self,
+        target: str,
+        cfg: SelectConfig | None = None,
+        *,
+        mode: str = "round_robin",
+        cap: int | None = None,
+        feature: str | None = None,
+    ) -> pl.DataFrame:
+        """Like ``select`` but spread over subtasks; writes ``selections/<target>-balanced/``."""
+        from .selection import select_balanced
+
+        cfg = cfg or self.select_cfg
+        long, _ = self._score(target, feature)
+        top = select_balanced(long, cfg, mode=mode, cap=cap)
+        self.last_paths = write_selection(
+            top, self.pool, self.run_dir / "selections" / f"{target}-balanced", scores=long
+        )
+        return top
+
+    def diagnostics(
+        self,
+        target: str,
+        selection: pl.DataFrame | None = None,
+        *,
+        feature: str | None = None,
+        adam_sample: int = 8,
+    ):
+        """Can this selection be trusted? Reliability, Adam health, selection shape,
+        truncation (``diagnostics.summary``; ``print`` it or use ``.frames()``)."""
+        from .adam_health import adam_health
+        from .diagnostics import summary
+        from .selection import selection_report
+
+        selection = self.select(target, feature=feature) if selection is None else selection
+        tok = self.tokenized("pool")
+        report = selection_report(
+            selection, self.pool, tok, subtasks=sorted(self.targets[target]["subtask"].unique())
+        )
+        adam = None
+        if (feature or "adam") == "adam":
+            adam = adam_health(
+                self.checkpoints(),
+                self.grad_cfg,
+                model=self.model,
+                tokenized=tok,
+                pad_id=self.tokenizer.pad_token_id,
+                sample=adam_sample,
+            )
         return summary(
-            self.datastore("pool"),
+            self.datastore("pool", feature),
             self.datastore(target),
             self.targets[target],
             [c.lr for c in self.checkpoints()],
             score_cfg=self.score_cfg,
             select_cfg=self.select_cfg,
-            tokenized_pool=self.tokenized("pool"),
+            selection=report,
+            adam=adam,
+            tokenized_pool=tok,
             dropped=self.dropped.get("pool"),
             pool=self.pool,
-            **kwargs,
         )
+
+    def exact(self) -> Lab:
+        """This run with unprojected features (projection='none'): exact cosines to compare."""
+        return self.with_config(gradients=replace(self.grad_cfg, projection="none"))
 
     def explore(self, target: str, **views):
         """Interactive views of a finished selection (``widgets.explore``): top/negative

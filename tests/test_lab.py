@@ -45,7 +45,8 @@ def test_lab_select_diagnostics_and_repr(tmp_path, tiny_model, tiny_tokenizer):
     assert len(lab.checkpoints()) == 2
     assert "warmup: 2/2 checkpoints" in repr(lab)
     diag = lab.diagnostics("demo")
-    assert diag is not None
+    assert diag is not None and diag.text()
+    assert lab.select_balanced("demo", SelectConfig(k=6))["subtask"].n_unique() == 3
     long = lab.subtask_scores("demo")
     assert long.height == 30 * demo_targets()["subtask"].n_unique()
     assert set(long.columns) == {"example_id", "source", "subtask", "score"}
