@@ -72,6 +72,8 @@ from less_lab.training import train_lora  # noqa: E402
 TARGETS = ("bbh", "mmlu")
 METHODS = ("less_max", "less_balanced", "less_exact", "random", "bm25")
 T0 = time.time()
+T95 = {1: 12.71, 2: 4.30, 3: 3.18, 4: 2.78, 5: 2.57, 6: 2.45, 7: 2.36, 8: 2.31, 9: 2.26}
+"""Two-sided 95% t critical values by degrees of freedom (seeds - 1)."""
 
 
 def log(msg: str) -> None:
@@ -369,6 +371,12 @@ def print_diagnostics(s, args, out, peft, ckpts, stores, scores, lrs):
             f"{ag['pearson'] ** 2:.2f} (split-half predicted {diag.reliability.r_full:.2f}); "
             f"top-{args.k} overlap {ag['overlap']} (chance {ag['chance']:.1f})"
         )
+        pairs = scores[t, "proj"][0].join(scores[t, "exact"][0], on=["example_id", "subtask"])
+        per = pairs.group_by("subtask").agg(pl.corr("score", "score_right").pow(2).alias("r2"))
+        print(
+            f"per-subtask reliability: ACTUAL median {per['r2'].median():.2f}, split-half "
+            f"predicted median {diag.reliability.r_full_subtasks:.2f}"
+        )
         rank_rel = split_half(
             stores["proj"]["pool"],
             stores["proj"][t],
@@ -456,7 +464,7 @@ def main() -> None:
 
 def report(runs: pl.DataFrame, args) -> None:
     """Mean +- std over seeds, each method minus random paired by seed, and a verdict:
-    a difference counts only when it exceeds twice its standard error."""
+    a difference counts only when a paired t-test would call it (95%, two-sided)."""
     print("\n" + "=" * 88)
     print(
         f"HELD-OUT ANSWER LOSS (nats/token, EOS excluded; lower is better) after fine-tuning "
@@ -483,18 +491,12 @@ def report(runs: pl.DataFrame, args) -> None:
                 se = diff.std(ddof=1) / np.sqrt(len(diff)) if len(diff) > 1 else float("nan")
                 line += f"  vs random {diff.mean():+.4f} +- {se:.4f} (paired s.e.)"
                 if method.startswith("less"):
-                    m = diff.mean()
-                    word = (
-                        "beats"
-                        if m < -2 * se
-                        else "is worse than"
-                        if m > 2 * se
-                        else ("is indistinguishable from")
-                    )
+                    m, crit = diff.mean(), T95.get(len(diff) - 1, 2.0) * se
+                    word = "beats" if m < -crit else "is worse than" if m > crit else "ties"
                     verdicts.append(f"{t}: {method} {word} random ({diff.mean():+.4f} +- {se:.4f})")
             line += f"  | {r['loss_with_eos'].mean():.3f}"
             print(line)
-    print("\nVERDICT (difference > 2 paired s.e. over seeds):")
+    print("\nVERDICT (paired t-test over seeds, 95% two-sided: 3 seeds need |diff| > 4.3 s.e.):")
     for v in verdicts:
         print("  " + v)
     runs.write_parquet(args.out / "runs.parquet")

@@ -200,9 +200,10 @@ def summary(
                 else f"d ~ {rel.d_needed:,} would reach {rel.target}"
             )
             warnings.append(
-                f"projection noise: the d={rel.d} score has reliability {rel.r_full:.2f} and "
-                f"the top-{rel.k} of two independent halves share {rel.overlap} (chance "
-                f"{rel.chance:.1f}); {need}, or score exactly with projection='none'"
+                f"projection noise: the d={rel.d} score has reliability {rel.r_full:.2f} "
+                f"(per subtask {rel.r_full_subtasks:.2f}) and the top-{rel.k} of two "
+                f"independent halves share {rel.overlap} (chance {rel.chance:.1f}); {need}, "
+                "or score exactly with projection='none'"
             )
     cosines = pl.DataFrame(
         [

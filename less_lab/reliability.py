@@ -119,8 +119,11 @@ class Reliability:
     r_half: float
     """Correlation of the two half-projection scores over the pool."""
     r_full: float
-    """Spearman-Brown reliability of the full-d score: share of its variance that is
-    signal rather than projection noise."""
+    """Spearman-Brown reliability of the full-d (aggregated) score: share of its variance
+    that is signal rather than projection noise. With the max over many similar subtasks it
+    is a lower bound: halves flip the best subtask more often than the full projection does
+    (measured on MMLU's 57 subjects: 0.29 estimated, 0.54 actual; BBH's 27 tasks: 0.65 vs
+    0.66; per-subtask and mean-aggregated estimates matched within 0.03)."""
     overlap: int
     """Examples shared by the top-k of the two halves."""
     chance: float
@@ -128,7 +131,15 @@ class Reliability:
     target: float
     d_needed: int | None
     per_subtask: pl.DataFrame
+    """``subtask, r_half, r_full`` of each subtask's own (linear) score."""
     method: str = "pearson"
+    argmax_agreement: float = float("nan")
+    """Share of examples whose best subtask is the same in both halves (chance ~1/m)."""
+
+    @property
+    def r_full_subtasks(self) -> float:
+        """Median per-subtask reliability: no max involved, so Spearman-Brown is exact."""
+        return float(np.nanmedian(self.per_subtask["r_full"].to_numpy()))
 
     @property
     def excess_overlap(self) -> float:
@@ -142,7 +153,9 @@ class Reliability:
             f"projection reliability at d={self.d}: {self.r_full:.2f} (two independent "
             f"d={self.half_dim} halves correlate {self.r_half:.2f}, {self.method}); their "
             f"top-{self.k} share {self.overlap} (chance {self.chance:.1f} +- "
-            f"{self.chance_sd:.1f}); reliability {self.target} needs {need}"
+            f"{self.chance_sd:.1f}); reliability {self.target} needs {need}; per-subtask "
+            f"median {self.r_full_subtasks:.2f}, best subtask agrees for "
+            f"{self.argmax_agreement:.0%} of examples (chance {1 / len(self.per_subtask):.0%})"
         )
 
     def __repr__(self) -> str:
@@ -206,6 +219,7 @@ def split_half(
         d_needed=dim_for_reliability(r_full, d, target),
         per_subtask=per_subtask,
         method=method,
+        argmax_agreement=float((a.argmax(1) == b.argmax(1)).mean()),
     )
 
 

@@ -120,6 +120,7 @@ def test_identical_halves_give_reliability_one(tmp_path):
     assert r.r_half == pytest.approx(1.0) and r.r_full == pytest.approx(1.0)
     assert r.overlap == 20 and r.excess_overlap == pytest.approx(1.0)
     assert r.half_dim == 8 and r.d_needed <= 16  # already past the target at d=16
+    assert r.argmax_agreement == 1.0 and r.r_full_subtasks == pytest.approx(1.0)
 
 
 def test_pure_noise_overlaps_at_chance(tmp_path):
