@@ -10,8 +10,8 @@ robin over subtasks), LESS exact (unprojected features, max), random and BM25.
 
 Text goes through SmolLM2's own chat template (``--chat-format template``): in the tulu
 format the untrained model's answer loss is >10 nats, so a held-out loss would measure how
-fast each selection teaches the format, not the task. Target and held-out answers lose
-their leading space for the same reason (see :func:`strip_answers`).
+fast each selection teaches the format, not the task. Target and held-out answers carry
+no leading space for the same reason (see :mod:`less_lab.targets`).
 
 Seeds: each seed is a fine-tuning seed (LoRA init, data order, dropout) and, for random,
 the draw. The warmup, hence every LESS selection, is shared: one warmup per seed would
@@ -56,7 +56,7 @@ from less_lab.config import (  # noqa: E402
     TrainConfig,
     WarmupConfig,
 )
-from less_lab.data import MESSAGES_DTYPE, read_pool, tokenize  # noqa: E402
+from less_lab.data import read_pool, tokenize  # noqa: E402
 from less_lab.datastore import build_store  # noqa: E402
 from less_lab.diagnostics import summary, truncation_report  # noqa: E402
 from less_lab.finetune import clean_copy  # noqa: E402
@@ -91,20 +91,6 @@ def stratified(pool: pl.DataFrame, n: int, seed: int) -> pl.DataFrame:
         for s, t in zip(counts["source"], take, strict=True)
     ]
     return pl.concat(parts).sort("example_id")
-
-
-def strip_answers(frame: pl.DataFrame) -> pl.DataFrame:
-    """Assistant turns without leading whitespace. LESS's target files answer " B"; after a
-    chat template's ``assistant\n`` that space costs SmolLM2 ~10 nats (vs ~2 for "B"), so
-    the target gradient would mostly say "drop the space" (the held-out answers likewise)."""
-    msgs = [
-        [
-            {**m, "content": m["content"].lstrip() if m["role"] == "assistant" else m["content"]}
-            for m in row
-        ]
-        for row in frame["messages"].to_list()
-    ]
-    return frame.with_columns(pl.Series("messages", msgs, dtype=MESSAGES_DTYPE))
 
 
 def derive_projected(exact, path: Path, projector, settings: dict, batch: int = 150):
@@ -151,7 +137,7 @@ def setup(args):
         for t, f in targets.items()
     }  # all unless --target-subtasks (smoke runs)
     targets = {
-        t: strip_answers(f.filter(pl.col("subtask").is_in(keep[t]))) for t, f in targets.items()
+        t: f.filter(pl.col("subtask").is_in(keep[t])) for t, f in targets.items()
     }
     tok_targets = {t: tokenize(f, tok, dcfg)[0] for t, f in targets.items()}
     heldout = {
@@ -163,7 +149,7 @@ def setup(args):
         ),
     }
     tok_heldout = {
-        t: tokenize(evaluation.as_targets(f, answer_prefix=""), tok, dcfg)[0]
+        t: tokenize(evaluation.as_targets(f), tok, dcfg)[0]
         for t, f in heldout.items()
     }
     lora = LoraSettings(r=8, alpha=32, dropout=0.1)

@@ -491,7 +491,7 @@ def bbh_examples(
     return _frame(rows)
 
 
-def as_targets(examples: pl.DataFrame, answer_prefix: str = " ") -> pl.DataFrame:
+def as_targets(examples: pl.DataFrame, answer_prefix: str = "") -> pl.DataFrame:
     """Test questions as target-format rows (user prompt, assistant answer) so held-out
     loss is measured on exactly the evaluation prompts."""
     msgs = [
@@ -531,11 +531,11 @@ def evaluate_mmlu(
     progress: bool = True,
     return_examples: bool = False,
 ) -> pl.DataFrame:
-    """k-shot MMLU accuracy: the letter whose continuation " X" (the target format's
-    completion) is most likely."""
+    """k-shot MMLU accuracy: the letter whose continuation ``X`` opening the assistant turn
+    (the target format's completion, no leading space) is most likely."""
     ex = mmlu_examples(mmlu_dir, k=k, max_per_subject=max_per_subject, subjects=subjects, seed=seed)
     prompts = encode_prompts(ex["prompt"].to_list(), tokenizer, data_cfg)
-    letters = [tokenizer(" " + x, add_special_tokens=False)["input_ids"] for x in LETTERS]
+    letters = [tokenizer(x, add_special_tokens=False)["input_ids"] for x in LETTERS]
     lls = choice_logliks(
         model, prompts, [letters] * len(prompts), token_budget=token_budget, progress=progress
     )
@@ -834,7 +834,7 @@ def evaluate_truthfulqa_mc2(
     prompts = encode_prompts(texts, tokenizer, data_cfg)
     choices = [
         [
-            tokenizer(" " + c, add_special_tokens=False)["input_ids"]
+            tokenizer(c.strip(), add_special_tokens=False)["input_ids"]
             for c in r["mc2_targets"]["choices"]
         ]
         for _, r in rows

@@ -226,7 +226,7 @@ class Lab:
     def select(
         self, target: str, cfg: SelectConfig | None = None, *, feature: str | None = None
     ) -> pl.DataFrame:
-        """Top examples for ``target``; writes ``selections/<target>/`` (jsonl + parquet)."""
+        """Top examples for ``target``; writes ``selection_dir(target)`` (jsonl + parquet)."""
         cfg = cfg or self.select_cfg
         long, agg = self._score(target, feature)
         top = select_top(agg, cfg)
@@ -236,9 +236,27 @@ class Lab:
         top = top.join(
             self.pool.select("example_id", *self._extra_pool_columns()), on="example_id", how="left"
         )
-        out = self.run_dir / "selections" / target
-        self.last_paths = write_selection(top, self.pool, out, scores=long)
+        self.last_paths = write_selection(
+            top, self.pool, self.selection_dir(target, feature), scores=long
+        )
         return top
+
+    def selection_dir(
+        self, target: str, feature: str | None = None, balanced: bool = False
+    ) -> Path:
+        """Where ``select`` writes: ``selections/<target>`` for the paper's scoring, with the
+        scoring method, aggregation and pool feature appended when they differ from the
+        defaults (``selections/bbh-dot``), so variants never overwrite each other."""
+        parts = [target]
+        if self.score_cfg.method != "paper":
+            parts.append(self.score_cfg.method)
+        if self.score_cfg.aggregate != "max":
+            parts.append(self.score_cfg.aggregate)
+        if feature not in (None, "adam"):
+            parts.append(feature)
+        if balanced:
+            parts.append("balanced")
+        return self.run_dir / "selections" / "-".join(parts)
 
     def compare(self, target: str, **kwargs) -> pl.DataFrame:
         """The paper's Table 3 for ``target``: select with LESS and the baselines, fine-tune,
@@ -272,14 +290,15 @@ class Lab:
         cap: int | None = None,
         feature: str | None = None,
     ) -> pl.DataFrame:
-        """Like ``select`` but spread over subtasks; writes ``selections/<target>-balanced/``."""
+        """Like ``select`` but spread over subtasks; writes ``selections/<target>-balanced/``
+        (see ``selection_dir``)."""
         from .selection import select_balanced
 
         cfg = cfg or self.select_cfg
         long, _ = self._score(target, feature)
         top = select_balanced(long, cfg, mode=mode, cap=cap)
         self.last_paths = write_selection(
-            top, self.pool, self.run_dir / "selections" / f"{target}-balanced", scores=long
+            top, self.pool, self.selection_dir(target, feature, balanced=True), scores=long
         )
         return top
 

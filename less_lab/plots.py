@@ -37,8 +37,13 @@ HISTORY_COLUMNS = ("epoch", "step", "lr")
 
 
 def esc(value: object) -> str:
-    """HTML-escaped ``str(value)``: for table cells, hover text, names and tick labels."""
-    return html.escape("" if value is None else str(value), quote=True)
+    """HTML-escaped ``str(value)``: for table cells, hover text, names and tick labels.
+
+    Only ``<``, ``>`` and ``&`` are escaped: that is enough to keep dataset text from forming
+    tags in element content and in Plotly's pseudo-HTML, and Plotly would print ``&quot;``
+    literally. Never put the result inside an HTML attribute value.
+    """
+    return html.escape("" if value is None else str(value), quote=False)
 
 
 def conversation_text(messages: Sequence[Mapping[str, str]] | None) -> str:

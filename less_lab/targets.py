@@ -6,6 +6,12 @@ target row carries its ``subtask``. The prompts are built as the LESS reference 
 validation sets (few-shot prompts whose completion is one shot's answer), as chat
 ``messages`` so they are formatted exactly like pool examples.
 
+One deliberate difference: the reference answers MMLU and TydiQA with a leading space
+(``" B"``) because its assistant turn starts with ``The answer is:``. Here the answer opens
+the assistant turn, where a space is an unnatural token: SmolLM2 pays ~10 nats for ``" B"``
+against ~2 for ``"B"``, so the target gradient would mostly say "drop the space". Answers
+therefore carry no leading whitespace (and :mod:`less_lab.evaluation` scores the same).
+
 Layouts: ``bbh/bbh-three-shot.json``, ``mmlu/dev/<subject>_dev.csv``,
 ``tydiqa/tydiqa-one-shot.json``, or any JSONL whose lines carry ``subtask`` plus
 ``messages`` or ``prompt``/``completion``.
@@ -244,7 +250,7 @@ def _read_mmlu(files: list[Path]) -> list[dict]:
                 if j != i
             )
             prompt = header + shots + _mmlu_question(fields)
-            answer = " " + fields[5].strip()
+            answer = fields[5].strip()  # no leading space: see the module docstring
             rows.append(_row(f"mmlu_{subject}_{i}", "mmlu", subject, prompt, answer))
     return rows
 
@@ -270,7 +276,7 @@ def _read_tydiqa(path: Path) -> list[dict]:
                 expected = "strings and a non-empty answer"
                 raise DataError(what, path=path, line=line, expected=expected)
             prompt = f"{TYDIQA_INSTRUCTION}\n\nPassage: {context}\nQuestion: {question}\nAnswer:"
-            rows.append(_row(f"tydiqa_{lang}_{j}", "tydiqa", lang, prompt, " " + answer))
+            rows.append(_row(f"tydiqa_{lang}_{j}", "tydiqa", lang, prompt, answer.strip()))
     return rows
 
 

@@ -434,14 +434,15 @@ def explore(
 ) -> W.Tab:
     """A tab per view that ``lab``'s run has data for, read from disk and memory only.
 
-    Needs ``lab.select(target)`` to have run (it writes the scores and the selection).
+    Needs ``lab.select(target)`` to have run with the lab's current scoring settings (it
+    writes the scores and the selection to ``lab.selection_dir(target)``).
     ``selections`` adds other methods' selections (e.g. baselines) next to LESS;
     ``histories`` (method -> fine-tuning history) adds the loss/accuracy view; ``neighbors``
     (target id -> method -> frame, from :mod:`less_lab.neighbors`) adds the neighbors view.
     The length view needs pool token counts: ``tokenized`` or the lab's own (in memory
     once ``lab.tokenized("pool")`` ran, e.g. by warmup); it adds the norm-vs-length plot
     when the last checkpoint's pool store is complete."""
-    out = lab.run_dir / "selections" / target
+    out = lab.selection_dir(target)
     if not (out / "scores.parquet").exists():
         raise FileNotFoundError(f"{out / 'scores.parquet'} not found: run lab.select({target!r})")
     scores = pl.read_parquet(out / "scores.parquet")

@@ -212,7 +212,7 @@ def test_mmlu_prompt_and_scoring(tiny_model, tiny_tokenizer, tmp_path):
                            return_examples=True)  # fmt: skip
     for row in out.iter_rows(named=True):  # log-likelihoods from the plain definition
         p = _tulu_prompt_ids(tiny_tokenizer, row["prompt"])
-        want = [_plain_loglik(tiny_model, p + tiny_tokenizer(" " + x, add_special_tokens=False)
+        want = [_plain_loglik(tiny_model, p + tiny_tokenizer(x, add_special_tokens=False)
                               ["input_ids"], len(p)) for x in "ABCD"]  # fmt: skip
         assert row["logliks"] == pytest.approx(want, abs=1e-4)
         assert row["prediction"] == "ABCD"[max(range(4), key=want.__getitem__)]
@@ -395,7 +395,7 @@ def test_truthfulqa_mc2(tiny_model, tiny_tokenizer, tmp_path):
     assert out["subtask"].to_list() == ["Science", "truthfulqa"]
     for r, got in zip(rows, out["mc2"], strict=True):
         p = _tulu_prompt_ids(tiny_tokenizer, f"Q: {r['question']}\nA:")
-        enc = [tiny_tokenizer(" " + c, add_special_tokens=False)["input_ids"]
+        enc = [tiny_tokenizer(c, add_special_tokens=False)["input_ids"]
                for c in r["mc2_targets"]["choices"]]  # fmt: skip
         ll = [_plain_loglik(tiny_model, p + c, len(p)) for c in enc]
         probs = [math.exp(x) for x in ll]

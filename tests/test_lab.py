@@ -8,6 +8,7 @@ from less_lab import (
     DataConfig,
     GradientConfig,
     LoraSettings,
+    ScoreConfig,
     SelectConfig,
     TrainConfig,
     WarmupConfig,
@@ -51,6 +52,20 @@ def test_lab_select_diagnostics_and_repr(tmp_path, tiny_model, tiny_tokenizer):
     assert long.height == 30 * demo_targets()["subtask"].n_unique()
     assert set(long.columns) == {"example_id", "source", "subtask", "score"}
     assert isinstance(lab.scores("demo"), pl.DataFrame)
+
+
+def test_scoring_variants_write_their_own_selection(tmp_path, tiny_model, tiny_tokenizer):
+    lab = _lab(tmp_path, tiny_model, tiny_tokenizer)
+    cosine = lab.select("demo")
+    written = (lab.run_dir / "selections/demo/selection.parquet").read_bytes()
+    dot = lab.with_config(scoring=ScoreConfig(method="dot"))
+    assert dot.selection_dir("demo") == lab.run_dir / "selections/demo-dot"
+    dot.select("demo")
+    assert (lab.run_dir / "selections/demo-dot/selected.jsonl").exists()
+    assert (lab.run_dir / "selections/demo/selection.parquet").read_bytes() == written
+    again = pl.read_parquet(lab.run_dir / "selections/demo/selection.parquet")
+    assert again["example_id"].to_list() == cosine["example_id"].to_list()
+    assert lab.selection_dir("demo", "sgd", balanced=True).name == "demo-sgd-balanced"
 
 
 def test_cli_set_overrides_nested_fields():

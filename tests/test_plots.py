@@ -243,6 +243,11 @@ def test_untrusted_text_is_escaped_in_every_figure():
     assert "&lt;script&gt;alert(1)&lt;/script&gt;" in hover and "&lt;img src=x" in hover
 
 
+def test_quotes_reach_plotly_as_quotes():
+    """Plotly has no ``&quot;`` entity: escaping quotes would print it literally."""
+    assert plots.esc('say "hi" & it\'s <b>') == 'say "hi" &amp; it\'s &lt;b&gt;'
+
+
 # ----------------------------------------------------------------------------- neighbors
 
 SETTINGS = {"dim": 3, "dtype": "float32", "projection": {"kind": "none"}, "model": "m"}

@@ -54,7 +54,7 @@ def test_mmlu_five_shot_prompts_per_subject(eval_dir: Path) -> None:
     assert frame.height == 285 and frame["subtask"].n_unique() == 57
     assert frame.group_by("subtask").len()["len"].to_list() == [5] * 57
     user, completion = _pair(frame, "mmlu_abstract_algebra_0")
-    assert completion == " B"
+    assert completion == "B"  # no leading space: it opens the assistant turn
     assert user.startswith(
         "The following are multiple choice questions (with answers) about abstract algebra.\n\n"
         "Statement 1 | If aH is an element of a factor group, then |aH| divides |a|. "
@@ -73,7 +73,7 @@ def test_mmlu_five_shot_prompts_per_subject(eval_dir: Path) -> None:
             rows = list(csv.reader(fh))
         for i, row in enumerate(rows):
             user, completion = _pair(frame, f"mmlu_{subject}_{i}")
-            assert completion == " " + row[5]
+            assert completion == row[5]
             assert user.endswith(
                 f"{row[0]}\nA. {row[1]}\nB. {row[2]}\nC. {row[3]}\nD. {row[4]}\nAnswer:"
             )
@@ -85,7 +85,7 @@ def test_tydiqa_one_example_per_language(eval_dir: Path) -> None:
     assert frame.height == 9 and frame["subtask"].n_unique() == 9
     assert "english" in frame["subtask"] and "finnish" in frame["subtask"]
     user, completion = _pair(frame, "tydiqa_finnish_0")
-    assert completion == " Kigali"
+    assert completion == "Kigali"
     assert user == (
         "Answer the following question based on the information in the given passage.\n\n"
         "Passage:  Vuodesta 2006 alkaen Ruanda on jaettu neljään maakuntaan, Pohjoinen, Etelä, "
