@@ -3,11 +3,15 @@
 What it runs (every number is a flag; defaults sized for ~30 min on 2 busy shared cores,
 where one torch thread beats two: OpenMP threads spin against other people's jobs):
 
-* model: SmolLM2-135M-Instruct (embedded), fp32, for selection *and* fine-tuning;
+* model: SmolLM2-135M-Instruct (embedded), fp32, for selection *and* fine-tuning; text in
+  its own chat template (``--chat-format template``: under the Tulu format the untrained
+  model answered 7 of 12 cut BBH prompts with a bare "A:");
 * pool: a stratified 200-example sample of ``/work/shared/data/pool`` (each source file
   keeps its share; seed 0); ``max_length`` 160 tokens with prompt-side truncation, which
-  applies to targets and test prompts too (MMLU's 5-shot and BBH's 3-shot contexts are
-  mostly cut: effectively 0-1 shots; answers are never cut);
+  applies to targets and held-out loss prompts too (MMLU's 5-shot and BBH's 3-shot
+  contexts are mostly cut: effectively 0-1 shots; answers are never cut). Accuracy and
+  exact match read the full prompts (``--eval-max-length`` 1024): cut to 160 tokens the
+  base model's BBH exact match was 0/12, with the full 3-shot prompt 3/12;
 * targets: 4 MMLU subjects x 5 dev shots and 4 BBH tasks x 3 CoT shots (subsets, so that
   target gradients and the per-epoch validation loss stay cheap); each target is compared
   separately, as in the paper;
@@ -21,7 +25,7 @@ where one torch thread beats two: OpenMP threads spin against other people's job
   which this budget does not hold; stds are then empty. ``--seeds 0 1 2`` adds them;
 * test (never the shots): held-out loss on 3 test questions per subject/task formatted
   like the targets (completion = the answer letter / the BBH target), MMLU accuracy on the
-  same questions, BBH CoT exact match on 1 question per task (greedy, 96 new tokens).
+  same questions, BBH CoT exact match on 2 questions per task (greedy, 128 new tokens).
 
 At this scale differences between methods are mostly noise (20 fine-tuning examples, 10
 optimizer steps, a 135M model, 3 test questions per subtask); the run shows the pipeline
@@ -42,6 +46,7 @@ import fcntl
 import os
 import time
 from contextlib import contextmanager
+from dataclasses import replace
 from pathlib import Path
 
 import polars as pl
@@ -104,6 +109,8 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--out", type=Path, default=Path("/tmp/less_lab_compare"))
     p.add_argument("--pool-size", type=int, default=200)
     p.add_argument("--max-length", type=int, default=160)
+    p.add_argument("--chat-format", choices=["template", "tulu"], default="template")
+    p.add_argument("--eval-max-length", type=int, default=1024)
     p.add_argument("--lora-r", type=int, default=8)
     p.add_argument("--epochs", type=int, default=2)
     p.add_argument("--lr", type=float, default=3e-4)
@@ -114,8 +121,8 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--methods", nargs="+", default=["less", "random", "bm25", "dsir", "rds"])
     p.add_argument("--targets", nargs="+", default=["mmlu", "bbh"], choices=["mmlu", "bbh"])
     p.add_argument("--test-per-subtask", type=int, default=3)
-    p.add_argument("--bbh-gen-per-task", type=int, default=1)
-    p.add_argument("--max-new-tokens", type=int, default=96)
+    p.add_argument("--bbh-gen-per-task", type=int, default=2)
+    p.add_argument("--max-new-tokens", type=int, default=128)
     p.add_argument("--threads", type=int, default=1)
     return p.parse_args()
 
@@ -130,7 +137,7 @@ def build_lab(args) -> Lab:
     )
     lab = Lab(
         args.out / "lab",
-        data=DataConfig(max_length=args.max_length),
+        data=DataConfig(max_length=args.max_length, chat_format=args.chat_format),
         warmup=WarmupConfig(fraction=0.05, seed=args.seeds[0], train=train),
         gradients=GradientConfig(proj_dim=args.proj_dim, token_budget=2048),
         scoring=ScoreConfig(),
@@ -146,16 +153,19 @@ def build_lab(args) -> Lab:
 
 
 def test_evals(args, target: str, data_cfg: DataConfig) -> dict:
+    """Accuracy / exact match see the full few-shot prompt (``--eval-max-length``); the
+    held-out losses use the training length, like the targets."""
     eval_dir, n = args.data / "eval", args.test_per_subtask
+    full = replace(data_cfg, max_length=args.eval_max_length)
     if target == "mmlu":
-        kw = dict(subjects=MMLU, data_cfg=data_cfg, max_per_subtask=n)
+        kw = dict(subjects=MMLU, max_per_subtask=n)
         return {
-            "mmlu": make_eval("mmlu", eval_dir / "mmlu", **kw),
-            "mmlu_test": make_eval("mmlu-loss", eval_dir / "mmlu", **kw),
+            "mmlu": make_eval("mmlu", eval_dir / "mmlu", data_cfg=full, **kw),
+            "mmlu_test": make_eval("mmlu-loss", eval_dir / "mmlu", data_cfg=data_cfg, **kw),
         }
     gen = dict(
         tasks=BBH,
-        data_cfg=data_cfg,
+        data_cfg=full,
         max_per_subtask=args.bbh_gen_per_task,
         max_new_tokens=args.max_new_tokens,
     )
