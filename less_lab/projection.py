@@ -67,6 +67,10 @@ class Projector:
     cores, 2 threads were at best ~1.6x faster (sparse_sign, idle machine) and 4-100x
     slower whenever another process held a core (each op waits at an OpenMP barrier for the
     descheduled thread). Features do not depend on the thread count.
+
+    Every kind takes the same settings, declared once here; its own options (``nnz``,
+    ``chunk_rows``, ...) are the keywords of its ``_configure``, which ``__init__`` calls
+    with whatever keywords are left.
     """
 
     kind: str = "base"
@@ -79,6 +83,7 @@ class Projector:
         device: str | torch.device = "cpu",
         *,
         threads: int | None = 1,
+        **options: Any,
     ) -> None:
         self.block_sizes = tuple(int(n) for n in block_sizes)
         if not self.block_sizes or min(self.block_sizes) < 1:
@@ -89,10 +94,10 @@ class Projector:
         self.seed = int(seed)
         self.device = torch.device(device)
         self.threads = threads
-        self._validate()
+        self._configure(**options)
 
-    def _validate(self) -> None:
-        """Kind-specific checks of the settings (hook)."""
+    def _configure(self) -> None:
+        """Take and check the kind's own options (hook; the common settings are set)."""
 
     @property
     def input_dim(self) -> int:
@@ -153,7 +158,7 @@ class NoProjection(Projector):
 
     kind = "none"
 
-    def _validate(self) -> None:
+    def _configure(self) -> None:
         if self.proj_dim != self.input_dim:
             raise ValueError(
                 f"projection 'none' keeps all P={self.input_dim} values: "
@@ -183,18 +188,7 @@ class SparseSignProjector(Projector):
 
     kind = "sparse_sign"
 
-    def __init__(
-        self,
-        block_sizes: Sequence[int],
-        proj_dim: int,
-        seed: int = 0,
-        device: str | torch.device = "cpu",
-        *,
-        nnz: int = 4,
-        cache_bytes: int = 512 * 2**20,
-        threads: int | None = 1,
-    ) -> None:
-        super().__init__(block_sizes, proj_dim, seed, device, threads=threads)
+    def _configure(self, *, nnz: int = 4, cache_bytes: int = 512 * 2**20) -> None:
         if not 1 <= nnz <= self.proj_dim:
             raise ValueError(f"sparse_nnz must be in [1, proj_dim={self.proj_dim}], got {nnz}")
         self.nnz = int(nnz)
@@ -294,18 +288,7 @@ class RademacherProjector(Projector):
 
     kind = "rademacher"
 
-    def __init__(
-        self,
-        block_sizes: Sequence[int],
-        proj_dim: int,
-        seed: int = 0,
-        device: str | torch.device = "cpu",
-        *,
-        chunk_rows: int | None = None,
-        use_fast_jl: bool | None = None,
-        threads: int | None = 1,
-    ) -> None:
-        super().__init__(block_sizes, proj_dim, seed, device, threads=threads)
+    def _configure(self, *, chunk_rows: int | None = None, use_fast_jl: bool | None = None) -> None:
         on_cuda = self.device.type == "cuda"
         self.chunk_rows = int(chunk_rows or (4096 if on_cuda else 128))
         if use_fast_jl is None:
@@ -403,18 +386,7 @@ class TrakBasicProjector(Projector):
 
     kind = "trak_basic"
 
-    def __init__(
-        self,
-        block_sizes: Sequence[int],
-        proj_dim: int,
-        seed: int = 0,
-        device: str | torch.device = "cpu",
-        *,
-        block_size: int | None = None,
-        slab_bytes: int = 256 * 2**20,
-        threads: int | None = 1,
-    ) -> None:
-        super().__init__(block_sizes, proj_dim, seed, device, threads=threads)
+    def _configure(self, *, block_size: int | None = None, slab_bytes: int = 256 * 2**20) -> None:
         if self.proj_dim < 2:
             raise ValueError("trak_basic needs proj_dim >= 2 (trak fails with a single block)")
         default = max(1, min(self.proj_dim // 2, slab_bytes // (4 * self.input_dim)))
@@ -437,6 +409,13 @@ class TrakBasicProjector(Projector):
         return self._trak.project(flat, model_id=0).mul_(1.0 / math.sqrt(self.proj_dim))
 
 
+PROJECTORS: dict[str, type[Projector]] = {
+    cls.kind: cls
+    for cls in (SparseSignProjector, RademacherProjector, TrakBasicProjector, NoProjection)
+}
+"""The class of each kind in :data:`KINDS`."""
+
+
 def make_projector(
     kind: str,
     block_sizes: Sequence[int],
@@ -453,14 +432,7 @@ def make_projector(
     ``cache_bytes`` caps the memory ``sparse_sign`` spends on its hash tables (4 bytes per
     non-zero: ~240 MB for LoRA r=128 on SmolLM2-135M); beyond it blocks are rehashed per
     call. ``threads``: CPU intra-op threads while projecting (see ``Projector``)."""
-    args = (block_sizes, proj_dim, seed, device)
-    if kind == "sparse_sign":
-        extra = {"nnz": sparse_nnz, "cache_bytes": cache_bytes}
-        return SparseSignProjector(*args, threads=threads, **extra)
-    if kind == "rademacher":
-        return RademacherProjector(*args, threads=threads)
-    if kind == "trak_basic":
-        return TrakBasicProjector(*args, threads=threads)
-    if kind == "none":
-        return NoProjection(*args, threads=threads)
-    raise ValueError(f"unknown projection kind {kind!r}; expected one of {KINDS}")
+    if kind not in PROJECTORS:
+        raise ValueError(f"unknown projection kind {kind!r}; expected one of {KINDS}")
+    options = {"nnz": sparse_nnz, "cache_bytes": cache_bytes} if kind == "sparse_sign" else {}
+    return PROJECTORS[kind](block_sizes, proj_dim, seed, device, threads=threads, **options)
