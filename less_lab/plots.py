@@ -136,6 +136,18 @@ def with_examples(
     )
 
 
+def selections_with_pool(
+    selections: Mapping[str, pl.DataFrame], pool: pl.DataFrame, include_pool: bool
+) -> dict[str, pl.DataFrame]:
+    """``selections`` by method, then, with ``include_pool``, the whole pool's ids as method
+    :data:`POOL_LABEL`: the reference an unbiased pick would match. Every figure and table
+    that compares methods takes its methods, and their order, from here."""
+    named = dict(selections)
+    if include_pool:
+        named[POOL_LABEL] = pool.select("example_id")
+    return named
+
+
 def subset_shares(
     selections: Mapping[str, pl.DataFrame],
     pool: pl.DataFrame,
@@ -149,10 +161,7 @@ def subset_shares(
         raise KeyError(f"pool has no column {by!r}; have {pool.columns}")
     groups = pool.select("example_id", pl.col(by).cast(pl.String).fill_null("(missing)"))
     parts = []
-    named = dict(selections)
-    if include_pool:
-        named[POOL_LABEL] = pool.select("example_id")
-    for method, sel in named.items():
+    for method, sel in selections_with_pool(selections, pool, include_pool).items():
         rows = sel.select("example_id").join(groups, on="example_id", how="left")
         counts = rows.with_columns(pl.col(by).fill_null("(not in pool)")).group_by(by).len("count")
         parts.append(
@@ -181,9 +190,7 @@ def selected_lengths(
     the selection's row order (Table 13 averages these). Examples ``tokenize`` dropped have
     no length and are left out."""
     lengths = tokenized_pool.select("example_id", pl.col(column).alias("length"))
-    named = dict(selections)
-    if include_pool:
-        named[POOL_LABEL] = tokenized_pool.select("example_id")
+    named = selections_with_pool(selections, tokenized_pool, include_pool)
     parts = [
         sel.select("example_id")
         .join(lengths, on="example_id", how="inner", maintain_order="left")
@@ -329,7 +336,7 @@ def subset_distribution_figure(
     """Stacked bars: share of each pool ``by`` group in each method's selection (one trace
     per group, x = methods; appendix K.3)."""
     shares = subset_shares(selections, pool, by, include_pool)
-    methods = list(selections) + ([POOL_LABEL] if include_pool else [])
+    methods = list(selections_with_pool(selections, pool, include_pool))
     fig = go.Figure()
     for group in sorted(shares[by].unique().to_list()):
         part = dict(shares.filter(pl.col(by) == group).select("method", "share").iter_rows())
@@ -358,7 +365,7 @@ def length_bias_figure(
     the dot product favours short completions, cosine much less (Table 13)."""
     data = selected_lengths(selections, tokenized_pool, column, include_pool)
     fig = go.Figure()
-    for method in list(selections) + ([POOL_LABEL] if include_pool else []):
+    for method in selections_with_pool(selections, tokenized_pool, include_pool):
         part = data.filter(pl.col("method") == method)
         fig.add_trace(
             go.Box(

@@ -23,7 +23,7 @@ import polars as pl
 from plotly.graph_objects import FigureWidget  # imported eagerly: its first import is slow
 
 from . import plots
-from .plots import MAX_SUBTASK, POOL_LABEL, esc
+from .plots import MAX_SUBTASK, esc
 
 ALL_SUBTASKS = "all"
 BUTTONS = {"button_width": "auto"}
@@ -286,7 +286,7 @@ class SubsetDistributionView(View):
         self._draw(
             plots.subset_distribution_figure(self.selections, self.pool, by, self.include_pool)
         )
-        methods = list(self.selections) + ([POOL_LABEL] if self.include_pool else [])
+        methods = list(plots.selections_with_pool(self.selections, self.pool, self.include_pool))
         cells = {(m, g): (c, s) for m, g, c, s in self.shares.iter_rows()}
         groups = sorted(self.shares[by].unique().to_list())
         rows = [[esc(g)] + [self._cell(cells.get((m, g))) for m in methods] for g in groups]
