@@ -60,6 +60,7 @@ from less_lab.data import read_pool, tokenize  # noqa: E402
 from less_lab.datastore import build_store  # noqa: E402
 from less_lab.diagnostics import summary, truncation_report  # noqa: E402
 from less_lab.finetune import clean_copy  # noqa: E402
+from less_lab.inference import inference  # noqa: E402
 from less_lab.lora import add_lora, completion_token_losses  # noqa: E402
 from less_lab.models import load_model, model_fingerprint  # noqa: E402
 from less_lab.projection import make_projector  # noqa: E402
@@ -286,7 +287,7 @@ def heldout_losses(model, tokd: pl.DataFrame, pad_id: int) -> dict[str, float]:
     fine-tuning and would swamp every difference between selections."""
     full, answer = np.zeros(tokd.height), np.zeros(tokd.height)
     ids, labels = tokd["input_ids"].to_list(), tokd["labels"].to_list()
-    with evaluation.inference(model):
+    with inference(model):
         for group in token_budget_batches(tokd["n_tokens"].to_list(), 4096):
             batch = collate([ids[i] for i in group], [labels[i] for i in group], pad_id)
             losses, rows = completion_token_losses(model, batch)

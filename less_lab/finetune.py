@@ -30,7 +30,8 @@ from peft import PeftModel
 
 from .config import DataConfig, TrainConfig, to_dict
 from .data import tokenize
-from .evaluation import EvalFn, inference, loss_eval
+from .evaluation import EvalFn, loss_eval
+from .inference import inference
 from .lora import add_lora
 from .models import model_fingerprint
 from .pipeline import data_fingerprint

@@ -13,6 +13,7 @@ import pytest
 import torch
 
 from less_lab import evaluation as ev
+from less_lab import inference, metrics
 from less_lab.config import DataConfig
 from less_lab.data import tokenize
 from less_lab.tiny import tiny_llama
@@ -49,13 +50,13 @@ def _one_thread():
     ],
 )
 def test_squad_em_and_f1(pred, golds, em, f1):
-    assert ev.squad_exact_match(pred, golds) == em
-    assert ev.squad_f1(pred, golds) == pytest.approx(f1)
+    assert metrics.squad_exact_match(pred, golds) == em
+    assert metrics.squad_f1(pred, golds) == pytest.approx(f1)
 
 
 def test_normalize_answer():
-    assert ev.normalize_answer("  The  Quick,   brown FOX. ") == "quick brown fox"
-    assert ev.normalize_answer("A an THE") == ""
+    assert metrics.normalize_answer("  The  Quick,   brown FOX. ") == "quick brown fox"
+    assert metrics.normalize_answer("A an THE") == ""
 
 
 @pytest.mark.parametrize(
@@ -73,16 +74,16 @@ def test_normalize_answer():
     ],
 )
 def test_parse_bbh_answer(text, answer):
-    assert ev.parse_bbh_answer(text) == answer
+    assert metrics.parse_bbh_answer(text) == answer
 
 
 def test_bbh_match_exact_and_lenient():
-    assert ev.bbh_match("(A)", "(A)")
-    assert not ev.bbh_match("A", "(A)")
-    assert ev.bbh_match("A", "(A)", lenient=True)
-    assert ev.bbh_match("]  )", "] )")
-    assert not ev.bbh_match("true", "True")
-    assert ev.bbh_match("true", "True", lenient=True)
+    assert metrics.bbh_match("(A)", "(A)")
+    assert not metrics.bbh_match("A", "(A)")
+    assert metrics.bbh_match("A", "(A)", lenient=True)
+    assert metrics.bbh_match("]  )", "] )")
+    assert not metrics.bbh_match("true", "True")
+    assert metrics.bbh_match("true", "True", lenient=True)
 
 
 @pytest.mark.parametrize(
@@ -98,32 +99,32 @@ def test_bbh_match_exact_and_lenient():
     ],
 )
 def test_parse_last_number(text, value):
-    assert ev.parse_last_number(text) == value
+    assert metrics.parse_last_number(text) == value
 
 
 def test_gsm8k_gold():
-    assert ev.gsm8k_gold("She has 3 + 4 = <<3+4=7>>7.\n#### 1,000") == 1000.0
-    assert ev.gsm8k_gold("x\n#### -3") == -3.0
+    assert metrics.gsm8k_gold("She has 3 + 4 = <<3+4=7>>7.\n#### 1,000") == 1000.0
+    assert metrics.gsm8k_gold("x\n#### -3") == -3.0
     with pytest.raises(ValueError, match="####"):
-        ev.gsm8k_gold("7")
+        metrics.gsm8k_gold("7")
 
 
 def test_mc2_score_constructed_probabilities():
     log = math.log
-    assert ev.mc2_score([log(0.5), log(0.3), log(0.2)], [1, 0, 1]) == pytest.approx(0.7)
-    assert ev.mc2_score([log(0.1), log(0.1)], [1, 0]) == pytest.approx(0.5)  # unnormalised
-    assert ev.mc2_score([log(0.2), log(0.6)], [0, 1]) == pytest.approx(0.75)
+    assert metrics.mc2_score([log(0.5), log(0.3), log(0.2)], [1, 0, 1]) == pytest.approx(0.7)
+    assert metrics.mc2_score([log(0.1), log(0.1)], [1, 0]) == pytest.approx(0.5)  # unnormalised
+    assert metrics.mc2_score([log(0.2), log(0.6)], [0, 1]) == pytest.approx(0.75)
     # huge negative log-likelihoods must not underflow to 0/0
-    assert ev.mc2_score([-1000.0, -1001.0], [1, 0]) == pytest.approx(1 / (1 + math.exp(-1)))
+    assert metrics.mc2_score([-1000.0, -1001.0], [1, 0]) == pytest.approx(1 / (1 + math.exp(-1)))
     with pytest.raises(ValueError):
-        ev.mc2_score([0.0, 0.0], [0, 0])
+        metrics.mc2_score([0.0, 0.0], [0, 0])
 
 
 def test_summarize_macro_average_and_percent():
     ex = pl.DataFrame({"subtask": ["b", "a", "a", "a", "b"],
                        "accuracy": [True, True, False, False, False],
                        "loss": [1.0, 2.0, 3.0, 4.0, 5.0]})  # fmt: skip
-    out = ev.summarize(ex, ["accuracy", "loss"])
+    out = metrics.summarize(ex, ["accuracy", "loss"])
     assert out["subtask"].to_list() == ["a", "b", "average"]
     assert out["n"].to_list() == [3, 2, 5]
     assert out["accuracy"].to_list() == pytest.approx([100 / 3, 50.0, (100 / 3 + 50) / 2])
@@ -149,7 +150,7 @@ def _tulu_prompt_ids(tokenizer, prompt: str) -> list[int]:
 
 def test_encode_prompts_is_the_training_prompt(tiny_tokenizer):
     prompts = ["What is 2 + 2?", "Say hi.\nA:"]
-    got = ev.encode_prompts(prompts, tiny_tokenizer, DataConfig())
+    got = inference.encode_prompts(prompts, tiny_tokenizer, DataConfig())
     assert got == [_tulu_prompt_ids(tiny_tokenizer, p) for p in prompts]
     # and it is the prompt part of a tokenized training example with that user turn
     turns = [{"role": "user", "content": prompts[0]}, {"role": "assistant", "content": " 4"}]
@@ -161,16 +162,16 @@ def test_encode_prompts_is_the_training_prompt(tiny_tokenizer):
 
 def test_choice_logliks_equal_plain_definition(tiny_model, tiny_tokenizer):
     t = tiny_tokenizer
-    prompts = ev.encode_prompts(["Which one?", "Pick a letter please."], t, DataConfig())
+    prompts = inference.encode_prompts(["Which one?", "Pick a letter please."], t, DataConfig())
     letters = [t(" " + x, add_special_tokens=False)["input_ids"] for x in "ABCD"]
     assert all(len(x) == 2 for x in letters)  # " " + letter: the shared-prefix fast path
     ragged = [t(x, add_special_tokens=False)["input_ids"] for x in (" yes", " no way", " 42")]
     choices = [letters, ragged]
-    got = ev.choice_logliks(tiny_model, prompts, choices, token_budget=64)
+    got = inference.choice_logliks(tiny_model, prompts, choices, token_budget=64)
     for p, cs, row in zip(prompts, choices, got, strict=True):
         want = [_plain_loglik(tiny_model, p + c, len(p)) for c in cs]
         assert row == pytest.approx(want, abs=1e-4)
-    plain = ev.continuation_logliks(tiny_model, [prompts[0]] * 4, letters, token_budget=64)
+    plain = inference.continuation_logliks(tiny_model, [prompts[0]] * 4, letters, token_budget=64)
     assert got[0] == pytest.approx(plain.tolist(), abs=1e-4)
 
 
@@ -180,8 +181,8 @@ def test_choice_logliks_single_token_letters(tiny_tokenizer):
     model = tiny_llama(t, seed=1)
     letters = [t(" " + x, add_special_tokens=False)["input_ids"] for x in "ABCD"]
     assert all(len(x) == 1 for x in letters)
-    prompt = ev.encode_prompts(["Answer:"], t, DataConfig())[0]
-    got = ev.choice_logliks(model, [prompt], [letters])[0]
+    prompt = inference.encode_prompts(["Answer:"], t, DataConfig())[0]
+    got = inference.choice_logliks(model, [prompt], [letters])[0]
     want = [_plain_loglik(model, prompt + c, len(prompt)) for c in letters]
     assert got == pytest.approx(want, abs=1e-4)
 
@@ -248,16 +249,18 @@ def _plain_greedy(model, ids: list[int], n: int, eos: int) -> list[int]:
 def test_batched_generation_equals_plain_greedy(tiny_model, tiny_tokenizer):
     t = tiny_tokenizer
     texts = ["Hi", "What is 7 plus 5? Answer with a number.", "The cat reads a book."]
-    prompts = ev.encode_prompts(texts, t, DataConfig())
-    got = ev.generate(tiny_model, t, prompts, max_new_tokens=12, max_batch=3, progress=False)
+    prompts = inference.encode_prompts(texts, t, DataConfig())
+    got = inference.generate(tiny_model, t, prompts, max_new_tokens=12, max_batch=3, progress=False)
     for p, g in zip(prompts, got, strict=True):
         assert g == t.decode(_plain_greedy(tiny_model, p, 12, t.eos_token_id),
                              skip_special_tokens=True)  # fmt: skip
-    assert ev.generate(tiny_model, t, prompts, max_new_tokens=12, max_batch=1,
-                       progress=False) == got  # fmt: skip
+    assert inference.generate(tiny_model, t, prompts, max_new_tokens=12, max_batch=1,
+                              progress=False) == got  # fmt: skip
     # a stop string cuts each row's text before its first occurrence
     stop = next(g[2:4] for g in got if len(g) >= 4)
-    cut = ev.generate(tiny_model, t, prompts, max_new_tokens=12, stop=(stop,), progress=False)
+    cut = inference.generate(
+        tiny_model, t, prompts, max_new_tokens=12, stop=(stop,), progress=False
+    )
     assert cut == [g.split(stop)[0] for g in got]
     assert any(c != g for c, g in zip(cut, got, strict=True))
 
@@ -280,8 +283,8 @@ def test_bbh_prompt_and_exact_match(tiny_model, tiny_tokenizer, tmp_path):
     out = ev.evaluate_bbh(tiny_model, tiny_tokenizer, tmp_path, max_new_tokens=6,
                           progress=False, return_examples=True)  # fmt: skip
     gens = out["generation"].to_list()
-    assert out["prediction"].to_list() == [ev.parse_bbh_answer(g) for g in gens]
-    _write_bbh(tmp_path, [ev.parse_bbh_answer(gens[0]), "surely not generated"])
+    assert out["prediction"].to_list() == [metrics.parse_bbh_answer(g) for g in gens]
+    _write_bbh(tmp_path, [metrics.parse_bbh_answer(gens[0]), "surely not generated"])
     summary = ev.evaluate_bbh(tiny_model, tiny_tokenizer, tmp_path, max_new_tokens=6,
                               progress=False)  # fmt: skip
     assert summary["exact_match"].to_list() == pytest.approx([50.0, 50.0])
@@ -335,7 +338,7 @@ def test_squad_span_qa(tiny_model, tiny_tokenizer, tmp_path):
     assert out["prompt"][2].startswith(f"{ev.TYDIQA_INSTRUCTION}\n\nPassage: My friend")
     for row in out.iter_rows(named=True):
         assert "\n" not in row["prediction"]
-        assert row["f1"] == ev.squad_f1(row["prediction"], row["golds"])
+        assert row["f1"] == metrics.squad_f1(row["prediction"], row["golds"])
     # rig: make the model's own answer a gold of english-2
     pred = out["prediction"][1]
     data["data"][0]["paragraphs"][0]["qas"][1]["answers"].append({"text": pred})
@@ -343,7 +346,7 @@ def test_squad_span_qa(tiny_model, tiny_tokenizer, tmp_path):
     summary = ev.evaluate_squad(tiny_model, tiny_tokenizer, path, shots=shots,
                                 max_new_tokens=5, progress=False)  # fmt: skip
     eng = summary.filter(pl.col("subtask") == "english").row(0, named=True)
-    want = (ev.squad_f1(out["prediction"][0], ["the cat"]) * 100 + 100) / 2
+    want = (metrics.squad_f1(out["prediction"][0], ["the cat"]) * 100 + 100) / 2
     assert eng["f1"] == pytest.approx(want)
     assert summary.filter(pl.col("subtask") == "average")["f1"][0] == pytest.approx(
         (want + summary["f1"][1]) / 2
@@ -368,7 +371,7 @@ def test_gsm8k(tiny_model, tiny_tokenizer, tmp_path):
                              "Answer: 3 + 0 = 3\nSo the answer is 3.\n\n")  # fmt: skip
     assert "<<" not in prompt and prompt.endswith("Question: Q2: 3 + 2?\nAnswer:")
     for row in out.iter_rows(named=True):
-        num = ev.parse_last_number(row["generation"])
+        num = metrics.parse_last_number(row["generation"])
         assert row["exact_match"] == (num is not None and num == float(row["answer"]))
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"question": "q", "answer": "#### 1"}\n{"question": "q"}\n')
@@ -414,8 +417,8 @@ def _targets_frame(n: int = 6) -> pl.DataFrame:
 
 def test_heldout_loss_equals_plain_mean_loss(tiny_model, tiny_tokenizer):
     tok, _ = tokenize(_targets_frame(), tiny_tokenizer, DataConfig())
-    out = ev.heldout_loss(tiny_model, tok, token_budget=40, pad_id=tiny_tokenizer.pad_token_id,
-                          progress=False)  # fmt: skip
+    out = inference.heldout_loss(tiny_model, tok, token_budget=40,
+                                 pad_id=tiny_tokenizer.pad_token_id, progress=False)  # fmt: skip
     per = {}
     for row in tok.iter_rows(named=True):
         ids, labels = row["input_ids"], row["labels"]
