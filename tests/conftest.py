@@ -42,6 +42,20 @@ def tiny_model(tiny_tokenizer):
     return tiny_llama(tiny_tokenizer, seed=0)
 
 
+@pytest.fixture
+def one_thread():
+    """One torch thread for the test, restored afterwards. Tiny models gain nothing from
+    threads, and on a shared, busy CPU two OpenMP threads can make each tiny matmul 100x
+    slower. Model-heavy test modules opt in with
+    ``pytestmark = pytest.mark.usefixtures("one_thread")``."""
+    import torch
+
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 @pytest.fixture(scope="session")
 def shared_data() -> Path:
     """Path to the shared real data (``<repo>/../shared/data`` or $LESS_LAB_SHARED_DATA)."""

@@ -7,7 +7,6 @@ import argparse
 
 import polars as pl
 import pytest
-import torch
 
 from less_lab import compare as cmp
 from less_lab import training
@@ -32,16 +31,7 @@ TRAIN = TrainConfig(epochs=2, learning_rate=2e-3, batch_size=4, token_budget=512
 WARMUP = WarmupConfig(fraction=0.25, train=TRAIN)
 DATA = DataConfig(max_length=96)
 GRAD = GradientConfig(proj_dim=32, token_budget=512)
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny models gain nothing from threads, and on a shared, busy CPU two OpenMP
-    threads can make each tiny matmul 100x slower; restore the count afterwards."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")  # see tests/conftest.py
 
 
 def _lab(tmp_path, tokenizer) -> Lab:

@@ -18,17 +18,9 @@ from less_lab.config import DataConfig
 from less_lab.data import tokenize
 from less_lab.tiny import tiny_llama
 
+pytestmark = pytest.mark.usefixtures("one_thread")  # see tests/conftest.py
+
 # --------------------------------------------------------------------------- pure metrics
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny models gain nothing from threads, and on a shared, busy CPU two OpenMP
-    threads can make each tiny matmul 100x slower; restore the count afterwards."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 @pytest.mark.parametrize(

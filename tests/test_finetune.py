@@ -20,16 +20,7 @@ from less_lab.tiny import tiny_llama
 CFG = TrainConfig(epochs=3, learning_rate=5e-3, batch_size=4, token_budget=256,
                   lora=LoraSettings(r=2, alpha=4, dropout=0.0))  # fmt: skip
 DATA = DataConfig(max_length=64)
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny models gain nothing from threads, and on a shared, busy CPU two OpenMP
-    threads can make each tiny matmul 100x slower; restore the count afterwards."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")  # see tests/conftest.py
 
 
 def _frame(n: int, offset: int = 0) -> pl.DataFrame:
