@@ -74,6 +74,15 @@ def hover_text(text: str, width: int = 80, limit: int = 480) -> str:
     return "<br>".join(esc(line) for line in lines)
 
 
+def example_hover(rows: pl.DataFrame) -> list[str]:
+    """Hover text of each row of ``example_id, source, text``: the id in bold, its source,
+    then the wrapped text, every piece escaped."""
+    return [
+        f"<b>{esc(i)}</b> ({esc(s)})<br>{hover_text(t)}"
+        for i, s, t in rows.select("example_id", "source", "text").iter_rows()
+    ]
+
+
 def messages_by_id(pool: pl.DataFrame) -> dict[str, list]:
     return dict(zip(pool["example_id"].to_list(), pool["messages"].to_list(), strict=True))
 
@@ -256,28 +265,38 @@ def top_examples_figure(
     tokenized: pl.DataFrame | None = None,
 ) -> go.Figure:
     """Bars of the ``n`` top (or lowest) scores for ``subtask`` (None: max over subtasks),
-    best first, coloured by pool source; hover shows the (escaped) example text."""
+    best first; hover shows the (escaped) example text. Bars are coloured by pool source
+    with one trace per source, so the legend says which colour is which source; the x axis
+    keeps the rank order across traces."""
     rows = with_examples(top_examples(scores, subtask, n, negative), pool, tokenized)
-    colors = _colors(pool["source"].to_list()) if "source" in pool.columns else {}
-    hover = [
-        f"<b>{esc(i)}</b> ({esc(s)})<br>{hover_text(t)}"
-        for i, s, t in rows.select("example_id", "source", "text").iter_rows()
-    ]
-    fig = go.Figure(
-        go.Bar(
-            x=[esc(i) for i in rows["example_id"]],
-            y=rows["score"].to_list(),
-            marker_color=[colors.get(s, "#636efa") for s in rows["source"]],
-            hovertext=hover,
-            hoverinfo="text+y",
-            customdata=rows["example_id"].to_list(),
-        )
-    )
+    sources = pool["source"] if "source" in pool.columns else rows["source"]
+    colors = _colors(sources.drop_nulls().to_list())
+    fig = go.Figure()
+    for source in rows["source"].unique(maintain_order=True):
+        part = rows.filter(pl.col("source").eq_missing(source))
+        fig.add_trace(_source_bars(part, source, colors.get(source, "#636efa")))
     what = "Lowest" if negative else "Top"
     name = MAX_SUBTASK if subtask is None else subtask
-    fig.update_xaxes(type="category", title="example")
+    ranked = [esc(i) for i in rows["example_id"]]
+    fig.update_xaxes(type="category", categoryorder="array", categoryarray=ranked, title="example")
     fig.update_yaxes(title="score")
+    # overlay: each example has one bar, so it keeps its slot's full width (group would
+    # split every slot between all the sources)
+    fig.update_layout(barmode="overlay", showlegend=True, legend_title_text="source")
     return _layout(fig, f"{what} {rows.height} examples: {esc(name)}")
+
+
+def _source_bars(rows: pl.DataFrame, source: str | None, color: str) -> go.Bar:
+    """The bars of one source's ranked examples, named (escaped) after the source."""
+    return go.Bar(
+        x=[esc(i) for i in rows["example_id"]],
+        y=rows["score"].to_list(),
+        name="(missing)" if source is None else esc(source),
+        marker_color=color,
+        hovertext=example_hover(rows),
+        hoverinfo="text+y",
+        customdata=rows["example_id"].to_list(),
+    )
 
 
 def with_source(frame: pl.DataFrame, pool: pl.DataFrame) -> pl.DataFrame:
@@ -305,17 +324,13 @@ def neighbors_figure(neighbors: Mapping[str, pl.DataFrame], pool: pl.DataFrame) 
     for col, method in enumerate(methods, start=1):
         rows = with_examples(with_source(neighbors[method], pool), pool)
         labels = [f"{r}. {esc(i)}" for r, i in rows.select("rank", "example_id").iter_rows()]
-        hover = [
-            f"<b>{esc(i)}</b> ({esc(s)})<br>{hover_text(t)}"
-            for i, s, t in rows.select("example_id", "source", "text").iter_rows()
-        ]
         fig.add_trace(
             go.Bar(
                 y=labels,
                 x=rows["score"].to_list(),
                 orientation="h",
                 name=esc(method),
-                hovertext=hover,
+                hovertext=example_hover(rows),
                 hoverinfo="text+x",
                 customdata=rows["example_id"].to_list(),
             ),

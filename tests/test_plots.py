@@ -10,6 +10,7 @@ import numpy as np
 import polars as pl
 import pytest
 import torch
+from figure_utils import all_hover, ranked_bars
 
 import less_lab.lora  # noqa: F401  (RDS imports it lazily; slow first import)
 from less_lab import plots
@@ -80,18 +81,40 @@ def make_tokenized() -> pl.DataFrame:
 def test_top_examples_figure_shows_the_chosen_subtask_best_first_and_lowest_when_negative():
     pool, scores = make_pool(), make_scores()
     fig = plots.top_examples_figure(scores, pool, "a", n=3)
-    assert list(fig.data[0].y) == [0.50, 0.30, 0.10]
-    assert list(fig.data[0].x) == ["e1", "e3", "e0"]
+    assert ranked_bars(fig) == (["e1", "e3", "e0"], [0.50, 0.30, 0.10])
     low = plots.top_examples_figure(scores, pool, "a", n=2, negative=True)
-    assert list(low.data[0].y) == [-0.40, -0.20] and list(low.data[0].x) == ["e5", "e2"]
+    assert ranked_bars(low) == (["e5", "e2"], [-0.40, -0.20])
     b = plots.top_examples_figure(scores, pool, "b", n=10, negative=True)
-    assert "e2" not in b.data[0].x and len(b.data[0].x) == 5  # NaN is never shown
+    ids, _ = ranked_bars(b)
+    assert "e2" not in ids and len(ids) == 5  # NaN is never shown
     # max over subtasks (the paper's score): e3 0.6, e1 0.5, e0 0.2, e5 0.15, e4 0.05, e2 -0.2
     best = plots.top_examples_figure(scores, pool, None, n=6)
-    assert list(best.data[0].x) == ["e3", "e1", "e0", "e5", "e4", "e2"]
-    assert list(best.data[0].y) == [0.6, 0.5, 0.2, 0.15, 0.05, -0.2]
+    assert ranked_bars(best) == (
+        ["e3", "e1", "e0", "e5", "e4", "e2"],
+        [0.6, 0.5, 0.2, 0.15, 0.05, -0.2],
+    )
     with pytest.raises(KeyError, match="no scores for subtask"):
         plots.top_examples(scores, "zzz")
+
+
+def test_top_examples_figure_names_each_source_colour_in_the_legend():
+    pool, scores = make_pool(), make_scores()
+    fig = plots.top_examples_figure(scores, pool, None, n=6)
+    # one trace per source, in order of its best rank: e3 dolly; e1, e0, e5 flan; e4, e2 cot
+    assert [t.name for t in fig.data] == ["dolly", "flan", "cot"]
+    assert [list(t.x) for t in fig.data] == [["e3"], ["e1", "e0", "e5"], ["e4", "e2"]]
+    assert fig.layout.showlegend and fig.layout.legend.title.text == "source"
+    assert fig.layout.barmode == "overlay"  # one full-width bar per example, not grouped
+    colors = {t.name: t.marker.color for t in fig.data}
+    assert len(set(colors.values())) == 3
+    # a source keeps its colour whatever the subtask or n shows
+    low = plots.top_examples_figure(scores, pool, "a", n=2, negative=True)
+    assert {t.name: t.marker.color for t in low.data} == {
+        "flan": colors["flan"],
+        "cot": colors["cot"],
+    }
+    hover = {t.name: list(t.hovertext) for t in fig.data}
+    assert hover["dolly"][0].startswith("<b>e3</b> (dolly)<br>")
 
 
 def test_with_examples_lengths_in_tokens_and_chars():
@@ -239,8 +262,11 @@ def test_untrusted_text_is_escaped_in_every_figure():
     for fig in figs:
         for text in _figure_strings(fig):
             assert "<script" not in text.lower() and "<img" not in text.lower(), text[:200]
-    hover = " ".join(figs[0].data[0].hovertext)
+    hover = all_hover(figs[0])
     assert "&lt;script&gt;alert(1)&lt;/script&gt;" in hover and "&lt;img src=x" in hover
+    evil_source = make_scores().with_columns(source=pl.lit("<img src=y>"))
+    legend = [t.name for t in plots.top_examples_figure(evil_source, pool, "a", n=2).data]
+    assert legend == ["&lt;img src=y&gt;"]
 
 
 def test_quotes_reach_plotly_as_quotes():

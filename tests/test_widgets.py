@@ -7,6 +7,7 @@ from html.parser import HTMLParser
 
 import polars as pl
 import pytest
+from figure_utils import all_hover, ranked_bars
 
 from less_lab import widgets
 from less_lab.lab import Lab
@@ -105,9 +106,11 @@ def test_top_examples_view_follows_subtask_direction_and_n():
     view = widgets.TopExamplesView(make_scores(), make_pool(), make_tokenized(), n=3)
     fig = view.fig
     assert view.controls["subtask"].value == MAX_SUBTASK
-    assert list(fig.data[0].y) == [0.6, 0.5, 0.2]  # max over subtasks: e3, e1, e0
+    assert ranked_bars(fig) == (["e3", "e1", "e0"], [0.6, 0.5, 0.2])  # max over subtasks
+    assert [t.name for t in fig.data] == ["dolly", "flan"]  # the legend: e3 dolly, e1/e0 flan
     view.controls["subtask"].value = "a"
-    assert list(view.fig.data[0].y) == [0.5, 0.3, 0.1]
+    assert ranked_bars(view.fig) == (["e1", "e3", "e0"], [0.5, 0.3, 0.1])
+    assert [t.name for t in view.fig.data] == ["flan", "dolly"]
     assert column(view.table.value, "example") == ["e1", "e3", "e0"]
     assert cells(view.table.value)[0] == [
         "rank",
@@ -121,10 +124,12 @@ def test_top_examples_view_follows_subtask_direction_and_n():
     assert column(view.table.value, "completion tokens") == ["9", "25", "3"]
     assert column(view.table.value, "prompt tokens") == ["11", "15", "7"]
     view.controls["direction"].value = "negative"
-    assert list(view.fig.data[0].y) == [-0.4, -0.2, 0.05]
+    assert ranked_bars(view.fig) == (["e5", "e2", "e4"], [-0.4, -0.2, 0.05])
+    assert [t.name for t in view.fig.data] == ["flan", "cot"]
     assert column(view.table.value, "example") == ["e5", "e2", "e4"]
     view.controls["n"].value = 2
-    assert column(view.table.value, "rank") == ["1", "2"] and len(view.fig.data[0].y) == 2
+    assert column(view.table.value, "rank") == ["1", "2"]
+    assert ranked_bars(view.fig)[0] == ["e5", "e2"]
     assert view.fig is fig  # the displayed widget is updated in place, never replaced
 
 
@@ -288,7 +293,7 @@ def test_untrusted_text_is_escaped_in_tables_details_and_hover():
     top.controls["example"].value = "e1"
     assert "&lt;script&gt;alert(1)&lt;/script&gt;" in top.detail.value
     assert "&lt;img src=x onerror=alert(1)&gt;" in top.table.value
-    assert "&lt;script&gt;alert(1)" in "".join(top.fig.data[0].hovertext)
+    assert "&lt;script&gt;alert(1)" in all_hover(top.fig)
     targets = pl.DataFrame(
         {
             "example_id": ["<img src=t>"],
