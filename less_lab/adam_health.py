@@ -20,6 +20,24 @@ import torch
 from .config import GradientConfig
 
 DEFAULT_GRAD = GradientConfig()
+EPS_SHARE_SCHEMA = {
+    "checkpoint": pl.Int64,
+    "weight": pl.String,
+    "kind": pl.String,
+    "n": pl.Int64,
+    "eps_share": pl.Float64,
+    "v_hat_median": pl.Float64,
+    "eps": pl.Float64,
+}
+"""Columns of :func:`eps_share_table`, one row per checkpoint and LoRA weight."""
+MOMENTUM_SCHEMA = {
+    "checkpoint": pl.Int64,
+    "example_id": pl.String,
+    "momentum_share": pl.Float64,
+    "msgd_cos": pl.Float64,
+    "eps_share": pl.Float64,
+}
+"""Columns of :func:`momentum_table`, one row per checkpoint and example."""
 
 
 def _radicand(v: torch.Tensor, step: int, b2: float, cfg: GradientConfig) -> torch.Tensor:
@@ -60,19 +78,7 @@ def eps_share_table(checkpoints: Sequence, cfg: GradientConfig = DEFAULT_GRAD) -
                     state.eps,
                 )
             )
-    return pl.DataFrame(
-        rows,
-        orient="row",
-        schema={
-            "checkpoint": pl.Int64,
-            "weight": pl.String,
-            "kind": pl.String,
-            "n": pl.Int64,
-            "eps_share": pl.Float64,
-            "v_hat_median": pl.Float64,
-            "eps": pl.Float64,
-        },
-    )
+    return pl.DataFrame(rows, orient="row", schema=EPS_SHARE_SCHEMA)
 
 
 def update_parts(
@@ -157,17 +163,7 @@ def momentum_table(
                         float(acc["eps"][j] / acc["n"][j]),
                     )
                 )
-    return pl.DataFrame(
-        rows,
-        orient="row",
-        schema={
-            "checkpoint": pl.Int64,
-            "example_id": pl.String,
-            "momentum_share": pl.Float64,
-            "msgd_cos": pl.Float64,
-            "eps_share": pl.Float64,
-        },
-    )
+    return pl.DataFrame(rows, orient="row", schema=MOMENTUM_SCHEMA)
 
 
 @dataclass
