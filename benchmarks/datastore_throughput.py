@@ -27,7 +27,8 @@ from safetensors.torch import save_file
 
 from less_lab.batching import collate, token_budget_batches
 from less_lab.config import DataConfig, GradientConfig, LoraSettings
-from less_lab.data import read_pool, tokenize
+from less_lab.data import read_pool
+from less_lab.formatting import tokenize
 from less_lab.gradients import AdamState, to_features
 from less_lab.lora import add_lora, canonical_name
 from less_lab.models import load_model

@@ -56,10 +56,11 @@ from less_lab.config import (  # noqa: E402
     TrainConfig,
     WarmupConfig,
 )
-from less_lab.data import read_pool, tokenize  # noqa: E402
+from less_lab.data import read_pool  # noqa: E402
 from less_lab.datastore import build_store  # noqa: E402
 from less_lab.diagnostics import summary, truncation_report  # noqa: E402
 from less_lab.finetune import clean_copy  # noqa: E402
+from less_lab.formatting import tokenize  # noqa: E402
 from less_lab.inference import inference  # noqa: E402
 from less_lab.lora import add_lora, completion_token_losses  # noqa: E402
 from less_lab.models import load_model, model_fingerprint  # noqa: E402

@@ -311,13 +311,13 @@ def last_token_states(
 ) -> tuple[list[str], np.ndarray]:
     """``(example_ids, states)``: the final-layer hidden state (after the final norm, as
     ``hidden_states[-1]``) at the last non-padding token of each example, tokenized like
-    LESS (``data.tokenize``). Examples ``tokenize`` drops are absent. Right padding and
+    LESS (``formatting.tokenize``). Examples ``tokenize`` drops are absent. Right padding and
     the attention mask make the state independent of the batch it was computed in."""
     import torch
     from tqdm.auto import tqdm
 
     from .batching import collate, token_budget_batches
-    from .data import tokenize
+    from .formatting import tokenize
     from .lora import _decoder_and_head
 
     tok, _ = tokenize(frame, tokenizer, data_cfg or DataConfig())
@@ -364,7 +364,7 @@ def rds_scores(
     gradients are), subtask j's target is the mean of its normalised target states, and
     the score is the cosine with it; ``aggregate`` then takes the max. Works on a plain
     or PEFT-wrapped causal LM (LoRA layers active); runs in eval mode without gradients.
-    Pool examples ``data.tokenize`` drops (no completion token left) score NaN and are
+    Pool examples ``formatting.tokenize`` drops (no completion token left) score NaN and are
     never selected; a subtask left with no target example scores NaN, with a warning.
     """
     subtasks = _subtasks(targets)

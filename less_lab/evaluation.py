@@ -5,7 +5,7 @@ Prompts follow the open-instruct evaluation the paper used (appendix B) with one
 deliberate change: the answer cue (``Answer:``, ``A:``) ends the *user* turn, exactly as
 in :mod:`less_lab.targets`, so the examples LESS selected for are formatted like the ones
 the model is tested on (open-instruct appends the cue after ``<|assistant|>``). Prompts
-are tokenized by :func:`less_lab.data.tokenize`, i.e. in the training chat format with
+are tokenized by :func:`less_lab.formatting.tokenize`, i.e. in the training chat format with
 the training truncation. Every evaluator returns one row per subtask and an ``average``
 row (the macro mean over subtasks, as the paper reports BBH and TydiQA; with equal
 subtask sizes it equals open-instruct's micro-averaged MMLU). Scores are percentages;
@@ -28,7 +28,8 @@ import numpy as np
 import polars as pl
 
 from .config import DataConfig
-from .data import DataError, tokenize
+from .data import DataError
+from .formatting import tokenize
 from .inference import choice_logliks, encode_prompts, generate, heldout_loss
 from .metrics import (
     bbh_match,

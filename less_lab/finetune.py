@@ -29,8 +29,8 @@ import torch
 from peft import PeftModel
 
 from .config import DataConfig, TrainConfig, to_dict
-from .data import tokenize
 from .evaluation import EvalFn, loss_eval
+from .formatting import tokenize
 from .inference import inference
 from .lora import add_lora
 from .models import model_fingerprint

@@ -2,7 +2,7 @@
 continuations and choices, greedy generation with stop strings, and held-out loss.
 
 Why one module: every evaluator must see the model exactly as fine-tuning trained it, so
-prompts go through the training tokenizer (:func:`less_lab.data.tokenize`: training chat
+prompts go through the training tokenizer (:func:`less_lab.formatting.tokenize`: training chat
 format, BOS and truncation) and every call runs in eval mode without autograd
 (:func:`inference`). Calls are batched by a token budget; each scorer equals its plain
 definition (full logits, one sequence at a time), which the tests check on the tiny model.
@@ -22,7 +22,8 @@ from transformers import GenerationConfig, StoppingCriteria, StoppingCriteriaLis
 
 from .batching import IGNORE, collate, token_budget_batches
 from .config import DataConfig
-from .data import MESSAGES_DTYPE, tokenize
+from .data import MESSAGES_DTYPE
+from .formatting import tokenize
 from .lora import _decoder_and_head, example_losses
 from .metrics import summarize
 

@@ -118,7 +118,7 @@ class Lab:
     def tokenized(self, split: str) -> pl.DataFrame:
         """Tokenized pool (``"pool"``) or target; dropped examples land in ``self.dropped``."""
         if split not in self._tokenized:
-            from .data import tokenize
+            from .formatting import tokenize
 
             frame = self.pool if split == "pool" else self.targets.get(split)
             if frame is None:

@@ -120,7 +120,7 @@ def rds_neighbors(
     """Top ``k`` pool examples by cosine of last-token final hidden states (RDS) with the
     target example's. Pass ``pool_states`` (``baselines.last_token_states(model, tokenizer,
     pool, ...)``) to reuse the pool's states across several targets; pool examples
-    ``data.tokenize`` drops have no state and are never ranked."""
+    ``formatting.tokenize`` drops have no state and are never ranked."""
     kw = dict(data_cfg=data_cfg, progress=progress, **state_options)
     t_ids, t_states = last_token_states(
         model, tokenizer, one_target(targets, target_id), desc="rds target", **kw

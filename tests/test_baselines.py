@@ -271,7 +271,7 @@ def test_rds_states_do_not_depend_on_padding(tiny_model, tiny_tokenizer) -> None
     assert ids == ids1 == pool["example_id"].to_list()
     np.testing.assert_allclose(batched, single, atol=1e-5, rtol=0)
     # the plain definition: full forward of one unpadded example, last hidden layer, last token
-    from less_lab.data import tokenize
+    from less_lab.formatting import tokenize
 
     tok, _ = tokenize(pool, tiny_tokenizer, CFG)
     assert tok["n_tokens"].n_unique() == len(PROMPTS)  # lengths differ: padding happened

@@ -15,16 +15,8 @@ import pytest
 from tokenizers import processors
 
 from less_lab.config import DataConfig
-from less_lab.data import (
-    IGNORE_INDEX,
-    DataError,
-    _truncate,
-    format_segments,
-    read_pool,
-    read_pool_with_report,
-    tokenize,
-    write_jsonl,
-)
+from less_lab.data import DataError, read_pool, read_pool_with_report, write_jsonl
+from less_lab.formatting import IGNORE_INDEX, _truncate, format_segments, tokenize
 
 POOL_COUNTS = {"cot": 5005, "flan_v2": 5448, "dolly": 151, "oasst1": 319, "self_instruct": 427}
 GOOD = json.dumps(

@@ -328,7 +328,7 @@ def _lora_tiny(tiny_model):
 
 
 def _tokenized(tiny_tokenizer, n=3):
-    from less_lab.data import tokenize
+    from less_lab.formatting import tokenize
 
     frame = pl.DataFrame(
         {
@@ -407,7 +407,7 @@ def test_adam_degenerates_to_momentum_sgd_when_v_below_eps(tiny_model, tiny_toke
 
 
 def test_truncation_report_counts_what_was_cut(tiny_tokenizer):
-    from less_lab.data import tokenize
+    from less_lab.formatting import tokenize
 
     long_prompt = "word " * 80
     pool = pl.DataFrame(

@@ -15,7 +15,7 @@ import torch
 from less_lab import evaluation as ev
 from less_lab import inference, metrics
 from less_lab.config import DataConfig
-from less_lab.data import tokenize
+from less_lab.formatting import tokenize
 from less_lab.tiny import tiny_llama
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # see tests/conftest.py

@@ -12,7 +12,7 @@ import torch
 
 from less_lab import finetune as ft
 from less_lab.config import DataConfig, LoraSettings, TrainConfig
-from less_lab.data import tokenize
+from less_lab.formatting import tokenize
 from less_lab.inference import heldout_loss
 from less_lab.lora import add_lora
 from less_lab.tiny import tiny_llama

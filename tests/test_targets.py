@@ -11,7 +11,8 @@ import polars as pl
 import pytest
 
 from less_lab.config import DataConfig
-from less_lab.data import DataError, tokenize, write_jsonl
+from less_lab.data import DataError, write_jsonl
+from less_lab.formatting import tokenize
 from less_lab.targets import read_targets
 
 
