@@ -13,6 +13,7 @@ escaped with ``html.escape`` before it enters HTML or a figure.
 
 from __future__ import annotations
 
+import html
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -23,7 +24,7 @@ import polars as pl
 from plotly.graph_objects import FigureWidget  # imported eagerly: its first import is slow
 
 from . import plots
-from .plots import MAX_SUBTASK, esc
+from .plots import MAX_SUBTASK
 
 ALL_SUBTASKS = "all"
 BUTTONS = {"button_width": "auto"}
@@ -34,9 +35,15 @@ TABLE_STYLE = (
 )
 
 
+def esc(value: object) -> str:
+    """HTML-escaped ``str(value)`` for the widgets' HTML, quotes included (unlike
+    :func:`less_lab.plots.esc`, which feeds Plotly, where ``&quot;`` would print literally)."""
+    return html.escape("" if value is None else str(value), quote=True)
+
+
 def html_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
     """A table from header labels and cells that are ALREADY safe HTML: build each cell
-    with :func:`less_lab.plots.esc` (or ``_fmt``) around every piece of data."""
+    with :func:`esc` (or ``_fmt``) around every piece of data."""
     head = "".join(f"<th>{h}</th>" for h in header)
     body = "".join("<tr>" + "".join(f"<td>{c}</td>" for c in row) + "</tr>" for row in rows)
     return f'{TABLE_STYLE}<table class="less-lab-table"><tr>{head}</tr>{body}</table>'

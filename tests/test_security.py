@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import ast
 import json
+import re
 from pathlib import Path
 
 import polars as pl
@@ -153,8 +154,10 @@ EVIL = '<script>alert(1)</script><img src=x onerror="alert(2)">'
 
 
 def _raw_markup(text: str) -> list[str]:
+    """Markup that could run: a script or img tag, or an event handler inside any tag."""
     low = text.lower()
-    return [tag for tag in ("<script", "<img", 'onerror="') if tag in low]
+    found = [tag for tag in ("<script", "<img") if tag in low]
+    return found + re.findall(r"<[a-z][^>]*\son\w+=", low)
 
 
 def test_dataset_text_is_inert_in_the_html_views():
@@ -193,6 +196,7 @@ def test_dataset_text_is_inert_in_the_html_views():
         "figure": "\n".join(figure_strings),
         "conversation": widgets.conversation_html(pool["messages"][0].to_list()),
     }
+    assert _raw_markup(EVIL) and _raw_markup('<b class=x onmouseover="y">')  # the check bites
     for name, text in outputs.items():
         assert _raw_markup(text) == [], f"{name}: {text[:400]}"
     assert "&lt;script&gt;alert(1)&lt;/script&gt;" in outputs["detail"]
