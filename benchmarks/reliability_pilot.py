@@ -138,9 +138,7 @@ def setup(args):
         t: sorted(f["subtask"].unique().to_list())[: args.target_subtasks]
         for t, f in targets.items()
     }  # all unless --target-subtasks (smoke runs)
-    targets = {
-        t: f.filter(pl.col("subtask").is_in(keep[t])) for t, f in targets.items()
-    }
+    targets = {t: f.filter(pl.col("subtask").is_in(keep[t])) for t, f in targets.items()}
     tok_targets = {t: tokenize(f, tok, dcfg)[0] for t, f in targets.items()}
     heldout = {
         "bbh": evaluation.bbh_examples(
@@ -150,10 +148,7 @@ def setup(args):
             data / "eval" / "mmlu", max_per_subject=args.heldout_mmlu, subjects=keep["mmlu"]
         ),
     }
-    tok_heldout = {
-        t: tokenize(evaluation.as_targets(f), tok, dcfg)[0]
-        for t, f in heldout.items()
-    }
+    tok_heldout = {t: tokenize(evaluation.as_targets(f), tok, dcfg)[0] for t, f in heldout.items()}
     lora = LoraSettings(r=8, alpha=32, dropout=0.1)
     warm = WarmupConfig(
         fraction=0.05,

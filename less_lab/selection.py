@@ -34,8 +34,12 @@ def select_top(scores: pl.DataFrame, cfg: SelectConfig = SelectConfig()) -> pl.D
     return top.with_row_index("rank", offset=1)
 
 
-def write_selection(selected: pl.DataFrame, pool: pl.DataFrame, out_dir: str | Path,
-                    scores: pl.DataFrame | None = None) -> dict[str, Path]:
+def write_selection(
+    selected: pl.DataFrame,
+    pool: pl.DataFrame,
+    out_dir: str | Path,
+    scores: pl.DataFrame | None = None,
+) -> dict[str, Path]:
     """Write ``selected.jsonl`` (the original pool lines, best first) and parquet files of
     the selection and, if given, all scores. Returns the paths written."""
     from .data import write_jsonl
@@ -68,10 +72,16 @@ def _valid_long(long_scores: pl.DataFrame) -> pl.DataFrame:
     need = {"example_id", "subtask", "score"}
     if not need <= set(long_scores.columns):
         raise ValueError(f"need a long score frame with {sorted(need)}, got {long_scores.columns}")
-    frame = long_scores if "source" in long_scores.columns else long_scores.with_columns(
-        pl.lit("").alias("source"))
-    return (frame.with_columns(pl.col("score").cast(pl.Float64).fill_nan(None))
-            .drop_nulls("score").with_row_index("_order"))
+    frame = (
+        long_scores
+        if "source" in long_scores.columns
+        else long_scores.with_columns(pl.lit("").alias("source"))
+    )
+    return (
+        frame.with_columns(pl.col("score").cast(pl.Float64).fill_nan(None))
+        .drop_nulls("score")
+        .with_row_index("_order")
+    )
 
 
 def _round_robin(ex: np.ndarray, sub: np.ndarray, score: np.ndarray, k: int) -> list[int]:
@@ -121,8 +131,12 @@ def _capped(ex: np.ndarray, sub: np.ndarray, score: np.ndarray, k: int, cap: int
     return picks
 
 
-def select_balanced(long_scores: pl.DataFrame, cfg: SelectConfig = _DEFAULT_SELECT,
-                    mode: str = "round_robin", cap: int | None = None) -> pl.DataFrame:
+def select_balanced(
+    long_scores: pl.DataFrame,
+    cfg: SelectConfig = _DEFAULT_SELECT,
+    mode: str = "round_robin",
+    cap: int | None = None,
+) -> pl.DataFrame:
     """A selection spread over the target's subtasks, from the long per-subtask scores.
 
     ``round_robin``: subtasks take turns picking their best not-yet-selected example.
@@ -140,10 +154,16 @@ def select_balanced(long_scores: pl.DataFrame, cfg: SelectConfig = _DEFAULT_SELE
     ids = valid["example_id"].unique(maintain_order=True).to_list()
     k = selection_size(len(ids), cfg)
     ranked = valid.sort(["score", "_order"], descending=[True, False])
-    ex = ranked["example_id"].replace_strict(ids, list(range(len(ids))),
-                                             return_dtype=pl.Int64).to_numpy()
-    sub = ranked["subtask"].replace_strict(subtasks, list(range(len(subtasks))),
-                                           return_dtype=pl.Int64).to_numpy()
+    ex = (
+        ranked["example_id"]
+        .replace_strict(ids, list(range(len(ids))), return_dtype=pl.Int64)
+        .to_numpy()
+    )
+    sub = (
+        ranked["subtask"]
+        .replace_strict(subtasks, list(range(len(subtasks))), return_dtype=pl.Int64)
+        .to_numpy()
+    )
     score = ranked["score"].to_numpy()
     if mode == "round_robin":
         picks = _round_robin(ex, sub, score, k)
@@ -172,14 +192,20 @@ class SelectionReport:
     def text(self, warnings: bool = True) -> str:
         sel = self.subtasks.filter(pl.col("n") > 0).sort("n", descending=True)
         top = ", ".join(f"{s} {n}" for s, n in sel.select("subtask", "n").head(5).iter_rows())
-        lines = [f"selection of {int(self.subtasks['n'].sum())}: {sel.height} of "
-                 f"{self.subtasks.height} subtasks used (top: {top})"]
+        lines = [
+            f"selection of {int(self.subtasks['n'].sum())}: {sel.height} of "
+            f"{self.subtasks.height} subtasks used (top: {top})"
+        ]
         for stat, p, s, r in self.lengths.iter_rows():
             lines.append(f"  {stat:<28} pool {p:8.1f}   selected {s:8.1f}   ratio {r:5.2f}")
         src = self.sources.sort("n_selected", descending=True)
-        lines.append("  sources (selected share vs pool share): " + ", ".join(
-            f"{s} {a:.0%}/{b:.0%}" for s, a, b in
-            src.select("source", "share_selected", "share_pool").iter_rows()))
+        lines.append(
+            "  sources (selected share vs pool share): "
+            + ", ".join(
+                f"{s} {a:.0%}/{b:.0%}"
+                for s, a, b in src.select("source", "share_selected", "share_pool").iter_rows()
+            )
+        )
         lines += [f"  WARNING: {w}" for w in self.warnings] if warnings else []
         return "\n".join(lines)
 
@@ -198,14 +224,21 @@ def _length_rows(pool_tok: pl.DataFrame, sel_tok: pl.DataFrame) -> pl.DataFrame:
         rows.append(("share with prompt cut", cut[0], cut[1]))
     return pl.DataFrame(
         [(n, p, s, s / p if p else float("nan")) for n, p, s in rows],
-        schema={"stat": pl.String, "pool": pl.Float64, "selected": pl.Float64,
-                "ratio": pl.Float64}, orient="row")
+        schema={"stat": pl.String, "pool": pl.Float64, "selected": pl.Float64, "ratio": pl.Float64},
+        orient="row",
+    )
 
 
-def selection_report(selected: pl.DataFrame, pool: pl.DataFrame, tokenized_pool: pl.DataFrame,
-                     *, subtasks: list[str] | None = None, max_subtask_share: float = 0.5,
-                     length_ratio: float = 0.5, max_source_shift: float = 0.5
-                     ) -> SelectionReport:
+def selection_report(
+    selected: pl.DataFrame,
+    pool: pl.DataFrame,
+    tokenized_pool: pl.DataFrame,
+    *,
+    subtasks: list[str] | None = None,
+    max_subtask_share: float = 0.5,
+    length_ratio: float = 0.5,
+    max_source_shift: float = 0.5,
+) -> SelectionReport:
     """Per-subtask counts, source and completion-length distributions of ``selected``
     (any frame with ``example_id`` and ``subtask``) against the whole ``pool``.
 
@@ -217,27 +250,38 @@ def selection_report(selected: pl.DataFrame, pool: pl.DataFrame, tokenized_pool:
     counts = selected.group_by("subtask").agg(pl.len().alias("n"))
     if subtasks is not None:
         counts = pl.DataFrame({"subtask": subtasks}).join(counts, on="subtask", how="left")
-    counts = counts.with_columns(pl.col("n").fill_null(0).cast(pl.Int64)).with_columns(
-        (pl.col("n") / max(n_sel, 1)).alias("share")).sort(["n", "subtask"],
-                                                            descending=[True, False])
+    counts = (
+        counts.with_columns(pl.col("n").fill_null(0).cast(pl.Int64))
+        .with_columns((pl.col("n") / max(n_sel, 1)).alias("share"))
+        .sort(["n", "subtask"], descending=[True, False])
+    )
     src_pool = pool.group_by("source").agg(pl.len().alias("n_pool"))
-    src_sel = (selected.select("example_id").join(pool.select("example_id", "source"),
-                                                  on="example_id", how="left")
-               .group_by("source").agg(pl.len().alias("n_selected")))
-    sources = (src_pool.join(src_sel, on="source", how="full", coalesce=True)
-               .with_columns(pl.col("n_pool", "n_selected").fill_null(0))
-               .with_columns((pl.col("n_pool") / pool.height).alias("share_pool"),
-                             (pl.col("n_selected") / max(n_sel, 1)).alias("share_selected"))
-               .with_columns((pl.col("share_selected") / pl.col("share_pool")).alias("ratio"))
-               .select("source", "n_pool", "share_pool", "n_selected", "share_selected",
-                       "ratio").sort("n_pool", descending=True))
+    src_sel = (
+        selected.select("example_id")
+        .join(pool.select("example_id", "source"), on="example_id", how="left")
+        .group_by("source")
+        .agg(pl.len().alias("n_selected"))
+    )
+    sources = (
+        src_pool.join(src_sel, on="source", how="full", coalesce=True)
+        .with_columns(pl.col("n_pool", "n_selected").fill_null(0))
+        .with_columns(
+            (pl.col("n_pool") / pool.height).alias("share_pool"),
+            (pl.col("n_selected") / max(n_sel, 1)).alias("share_selected"),
+        )
+        .with_columns((pl.col("share_selected") / pl.col("share_pool")).alias("ratio"))
+        .select("source", "n_pool", "share_pool", "n_selected", "share_selected", "ratio")
+        .sort("n_pool", descending=True)
+    )
     sel_tok = selected.select("example_id").join(tokenized_pool, on="example_id", how="inner")
     lengths = _length_rows(tokenized_pool, sel_tok)
     warnings = []
     used = counts.filter(pl.col("n") > 0)
     if counts.height >= 3 and n_sel and used["share"].max() > max_subtask_share:
-        warnings.append(f"{used['n'][0]} of {n_sel} picks are for one subtask "
-                        f"({used['subtask'][0]}): try selection.select_balanced")
+        warnings.append(
+            f"{used['n'][0]} of {n_sel} picks are for one subtask "
+            f"({used['subtask'][0]}): try selection.select_balanced"
+        )
     ratio = lengths.filter(pl.col("stat") == "n_completion_tokens mean")["ratio"][0]
     if ratio < length_ratio or ratio > 1 / length_ratio:
         warnings.append(f"mean completion length is {ratio:.2f}x the pool's (length bias)")
