@@ -44,7 +44,7 @@ import polars as pl
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout
-from less_lab import baselines, evaluation, pipeline  # noqa: E402
+from less_lab import baselines, evalsets, evaluation, pipeline  # noqa: E402
 from less_lab.adam_health import adam_health  # noqa: E402
 from less_lab.batching import collate, token_budget_batches  # noqa: E402
 from less_lab.config import (  # noqa: E402
@@ -141,10 +141,10 @@ def setup(args):
     targets = {t: f.filter(pl.col("subtask").is_in(keep[t])) for t, f in targets.items()}
     tok_targets = {t: tokenize(f, tok, dcfg)[0] for t, f in targets.items()}
     heldout = {
-        "bbh": evaluation.bbh_examples(
+        "bbh": evalsets.bbh_examples(
             data / "eval" / "bbh", max_per_task=args.heldout_bbh, tasks=keep["bbh"]
         ),
-        "mmlu": evaluation.mmlu_examples(
+        "mmlu": evalsets.mmlu_examples(
             data / "eval" / "mmlu", max_per_subject=args.heldout_mmlu, subjects=keep["mmlu"]
         ),
     }

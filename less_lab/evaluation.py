@@ -1,25 +1,23 @@
 """Target-task metrics after fine-tuning: MMLU, BBH, span QA (TydiQA/SQuAD), GSM8K,
 TruthfulQA MC2, and the held-out completion loss every run records.
 
-Prompts follow the open-instruct evaluation the paper used (appendix B) with one
-deliberate change: the answer cue (``Answer:``, ``A:``) ends the *user* turn, exactly as
-in :mod:`less_lab.targets`, so the examples LESS selected for are formatted like the ones
-the model is tested on (open-instruct appends the cue after ``<|assistant|>``). Prompts
-are tokenized by :func:`less_lab.formatting.tokenize`, i.e. in the training chat format with
-the training truncation. Every evaluator returns one row per subtask and an ``average``
-row (the macro mean over subtasks, as the paper reports BBH and TydiQA; with equal
-subtask sizes it equals open-instruct's micro-averaged MMLU). Scores are percentages;
-losses are nats per completion token.
+Prompts are those of :mod:`less_lab.evalsets` (open-instruct's, appendix B, with the
+answer cue ending the *user* turn), tokenized by :func:`less_lab.formatting.tokenize`,
+i.e. in the training chat format with the training truncation. Every evaluator returns
+one row per subtask and an ``average`` row (the macro mean over subtasks, as the paper
+reports BBH and TydiQA; with equal subtask sizes it equals open-instruct's
+micro-averaged MMLU). Scores are percentages; losses are nats per completion token.
 
-This module reads the test sets and builds their prompts; the metrics themselves are in
-:mod:`less_lab.metrics` and the model calls in :mod:`less_lab.inference`.
+The test sets are read by :mod:`less_lab.evalsets` (span QA and GSM8K prompts are put
+together here from its pieces, span QA contexts cut with the model's tokenizer); the
+metrics themselves are in :mod:`less_lab.metrics` and the model calls in
+:mod:`less_lab.inference`.
 """
 
 from __future__ import annotations
 
 import json
 import math
-import re
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -29,6 +27,18 @@ import polars as pl
 
 from .config import DataConfig
 from .data import DataError
+from .evalsets import (
+    GSM_INSTRUCTION,
+    LETTERS,
+    _frame,
+    _gsm_shot,
+    _qa_block,
+    _records,
+    _squad_rows,
+    _subsample,
+    bbh_examples,
+    mmlu_examples,
+)
 from .formatting import tokenize
 from .inference import choice_logliks, encode_prompts, generate, heldout_loss
 from .metrics import (
@@ -41,131 +51,11 @@ from .metrics import (
     squad_f1,
     summarize,
 )
-from .targets import TARGET_SCHEMA, TYDIQA_INSTRUCTION, _csv_rows, _mmlu_question
+from .targets import TARGET_SCHEMA, TYDIQA_INSTRUCTION
 
 EvalFn = Callable[[Any, Any], pl.DataFrame]
 """``(model, tokenizer) -> summary frame``: what fine-tuning and ``compare`` call."""
-LETTERS = ("A", "B", "C", "D")
 DEFAULT_DATA = DataConfig()
-EXAMPLE_SCHEMA = {
-    "example_id": pl.String,
-    "subtask": pl.String,
-    "prompt": pl.String,
-    "answer": pl.String,
-}
-"""The columns every reader returns; span QA adds its list of gold answers."""
-
-# --------------------------------------------------------------------------- readers
-
-
-def _subsample(rows: list, n: int | None, seed: int, key: str) -> list:
-    """At most ``n`` rows, drawn with a seed derived from (seed, key), in file order."""
-    if n is None or len(rows) <= n:
-        return rows
-    rng = np.random.default_rng([seed, *key.encode()])
-    keep = sorted(rng.choice(len(rows), size=n, replace=False).tolist())
-    return [rows[i] for i in keep]
-
-
-def _frame(rows: list[dict], extra: dict[str, pl.DataType] | None = None) -> pl.DataFrame:
-    """Reader rows as a frame with ``EXAMPLE_SCHEMA`` (plus ``extra`` columns), so an
-    empty selection still has every column the evaluators read."""
-    return pl.DataFrame(rows, schema=EXAMPLE_SCHEMA | (extra or {}))
-
-
-def _mmlu_records(path: Path) -> list[list[str]]:
-    recs = []
-    for line, fields in _csv_rows(path):
-        if not fields:
-            continue
-        if len(fields) != 6 or fields[5].strip() not in LETTERS:
-            raise DataError(
-                f"row with {len(fields)} fields",
-                path=path,
-                line=line,
-                expected="question,A,B,C,D,answer with answer in A-D",
-            )
-        recs.append(fields)
-    return recs
-
-
-def mmlu_examples(
-    mmlu_dir: str | Path,
-    *,
-    k: int = 5,
-    max_per_subject: int | None = None,
-    subjects: Sequence[str] | None = None,
-    seed: int = 0,
-) -> pl.DataFrame:
-    """MMLU test questions with their k-shot prompts (first k dev rows, as open-instruct
-    and :mod:`less_lab.targets` build them): ``example_id, subtask, prompt, answer``."""
-    root = Path(mmlu_dir)
-    files = sorted((root / "test").glob("*_test.csv"))
-    if not files:
-        raise DataError("no test/*_test.csv files", path=root, expected="the MMLU layout")
-    rows = []
-    for test in files:
-        subject = test.name[: -len("_test.csv")]
-        if subjects is not None and subject not in subjects:
-            continue
-        dev = _mmlu_records(root / "dev" / f"{subject}_dev.csv")[:k] if k else []
-        header = (
-            "The following are multiple choice questions (with answers) about "
-            f"{subject.replace('_', ' ')}.\n\n"
-        )
-        shots = "".join(f"{_mmlu_question(f)} {f[5].strip()}\n\n" for f in dev)
-        records = list(enumerate(_mmlu_records(test)))
-        for i, f in _subsample(records, max_per_subject, seed, subject):
-            rows.append(
-                {
-                    "example_id": f"mmlu_{subject}_test_{i}",
-                    "subtask": subject,
-                    "prompt": header + shots + _mmlu_question(f),
-                    "answer": f[5].strip(),
-                }
-            )
-    return _frame(rows)
-
-
-def bbh_examples(
-    bbh_dir: str | Path,
-    *,
-    max_per_task: int | None = None,
-    tasks: Sequence[str] | None = None,
-    seed: int = 0,
-    skip_shots: bool = True,
-) -> pl.DataFrame:
-    """BBH test questions under their task's 3-shot CoT prompt (``bbh-three-shot.json`` +
-    ``\\n\\nQ: {input}\\nA:``). ``skip_shots`` leaves out test questions that appear
-    verbatim among the prompt's own exemplars (their answer is in the prompt)."""
-    root = Path(bbh_dir)
-    shots_file = root / "bbh-three-shot.json"
-    prompts = json.loads(shots_file.read_text(encoding="utf-8"))
-    rows = []
-    for task in sorted(prompts):
-        if tasks is not None and task not in tasks:
-            continue
-        test = root / "test" / f"{task}.json"
-        if not test.exists():
-            raise DataError(
-                f"no test file for task {task!r}",
-                path=test,
-                expected='{"examples": [{"input", "target"}]}',
-            )
-        base = prompts[task].strip()
-        records = list(enumerate(json.loads(test.read_text(encoding="utf-8"))["examples"]))
-        if skip_shots:
-            records = [(i, r) for i, r in records if f"Q: {r['input']}\nA:" not in base]
-        for i, r in _subsample(records, max_per_task, seed, task):
-            rows.append(
-                {
-                    "example_id": f"bbh_{task}_test_{i}",
-                    "subtask": task,
-                    "prompt": f"{base}\n\nQ: {r['input']}\nA:",
-                    "answer": r["target"],
-                }
-            )
-    return _frame(rows)
 
 
 def as_targets(examples: pl.DataFrame, answer_prefix: str = "") -> pl.DataFrame:
@@ -280,50 +170,6 @@ def evaluate_bbh(
     return ex if return_examples else summarize(ex, ["exact_match"])
 
 
-def _records(path: Path) -> list[tuple[int, dict]]:
-    """``(line, object)`` of a JSONL file, or of a JSON array (line = 1-based index)."""
-    from .data import iter_json_lines, load_json_object
-
-    if path.read_bytes()[:1] == b"[":
-        data = json.loads(path.read_text(encoding="utf-8"))
-        return [(i + 1, r) for i, r in enumerate(data)]
-    out = []
-    for line, text in iter_json_lines(path, 8_000_000):
-        if isinstance(text, DataError):
-            raise text
-        out.append((line, load_json_object(text, path, line)))
-    return out
-
-
-def _squad_rows(path: Path) -> list[dict]:
-    data = json.loads(Path(path).read_text(encoding="utf-8"))
-    rows = []
-    try:
-        for article in data["data"]:
-            for para in article["paragraphs"]:
-                for qa in para["qas"]:
-                    golds = [a["text"] for a in qa["answers"]]
-                    rows.append(
-                        {
-                            "id": str(qa["id"]),
-                            "context": para["context"],
-                            "question": qa["question"],
-                            "golds": golds,
-                        }
-                    )
-    except (KeyError, TypeError) as err:
-        raise DataError(
-            f"not SQuAD format (missing {err})",
-            path=path,
-            expected='{"data":[{"paragraphs":[{"context","qas":[...]}]}]}',
-        ) from None
-    return rows
-
-
-def _qa_block(context: str, question: str) -> str:
-    return f"Passage: {context}\nQuestion: {question}\nAnswer:"
-
-
 def evaluate_squad(
     model,
     tokenizer,
@@ -399,15 +245,6 @@ def evaluate_squad(
 def evaluate_tydiqa(model, tokenizer, dev_json, *, shots_json=None, **kw) -> pl.DataFrame:
     """TydiQA GoldP 1-shot F1 (shots from the LESS ``tydiqa-one-shot.json``)."""
     return evaluate_squad(model, tokenizer, dev_json, shots=shots_json, n_shot=1, **kw)
-
-
-GSM_INSTRUCTION = "Answer the following questions.\n\n"
-
-
-def _gsm_shot(question: str, answer: str) -> str:
-    rationale = re.sub(r"<<[^>]*>>", "", answer.split("####")[0]).strip()
-    final = answer.split("####")[-1].strip()
-    return f"Question: {question.strip()}\nAnswer: {rationale}\nSo the answer is {final}.\n\n"
 
 
 def evaluate_gsm8k(

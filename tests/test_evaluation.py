@@ -12,8 +12,8 @@ import polars as pl
 import pytest
 import torch
 
+from less_lab import evalsets, inference, metrics
 from less_lab import evaluation as ev
-from less_lab import inference, metrics
 from less_lab.config import DataConfig
 from less_lab.formatting import tokenize
 from less_lab.tiny import tiny_llama
@@ -193,7 +193,7 @@ def _write_mmlu(root, answers: dict[str, list[str]]):
 
 def test_mmlu_prompt_and_scoring(tiny_model, tiny_tokenizer, tmp_path):
     _write_mmlu(tmp_path, {"high_school_x": list("ABCD"), "y": list("AB")})
-    ex = ev.mmlu_examples(tmp_path, k=2)
+    ex = evalsets.mmlu_examples(tmp_path, k=2)
     first = ex.row(0, named=True)
     assert first["prompt"] == (
         "The following are multiple choice questions (with answers) about high school x.\n\n"
@@ -222,9 +222,9 @@ def test_mmlu_prompt_and_scoring(tiny_model, tiny_tokenizer, tmp_path):
 
 def test_mmlu_subsample_is_deterministic(tmp_path):
     _write_mmlu(tmp_path, {"s": list("ABCDABCDAB")})
-    a = ev.mmlu_examples(tmp_path, max_per_subject=3)
-    assert a.height == 3 and a.equals(ev.mmlu_examples(tmp_path, max_per_subject=3))
-    assert not a.equals(ev.mmlu_examples(tmp_path, max_per_subject=3, seed=1))
+    a = evalsets.mmlu_examples(tmp_path, max_per_subject=3)
+    assert a.height == 3 and a.equals(evalsets.mmlu_examples(tmp_path, max_per_subject=3))
+    assert not a.equals(evalsets.mmlu_examples(tmp_path, max_per_subject=3, seed=1))
 
 
 def _plain_greedy(model, ids: list[int], n: int, eos: int) -> list[int]:
@@ -269,7 +269,7 @@ def _write_bbh(root, targets: list[str]):
 
 def test_bbh_prompt_and_exact_match(tiny_model, tiny_tokenizer, tmp_path):
     _write_bbh(tmp_path, ["x", "y"])
-    ex = ev.bbh_examples(tmp_path)
+    ex = evalsets.bbh_examples(tmp_path)
     assert ex["answer"].to_list() == ["x", "y"]  # the shot question is left out
     assert ex["prompt"][0].endswith("So the answer is (C).\n\nQ: q0?\nA:")
     out = ev.evaluate_bbh(tiny_model, tiny_tokenizer, tmp_path, max_new_tokens=6,
