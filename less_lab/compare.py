@@ -41,8 +41,7 @@ SETTINGS_FILE = "compare.json"
 
 def base_model_copy(lab) -> Any:
     """A clean copy of the lab's selection model (LoRA removed), loaded if needed."""
-    lab.tokenizer  # noqa: B018  (loads the model on first use)
-    return clean_copy(lab._peft if lab._peft is not None else lab._model)
+    return clean_copy(lab.loaded_model())
 
 
 def _seed_lab(lab, seed: int):

@@ -87,7 +87,7 @@ class Lab:
         ckpts = self.checkpoints()
         lines.append(f"  warmup: {len(ckpts)}/{self.warmup_cfg.train.epochs} checkpoints")
         for name in ["pool", *self.targets]:
-            done = sum((d / "meta.json").exists() for d in self._store_dirs(name))
+            done = sum((d / "meta.json").exists() for d in self.store_dirs(name))
             lines.append(f"  datastore {name}: {done}/{len(ckpts) or '?'} checkpoints complete")
         return "\n".join(lines)
 
@@ -144,6 +144,17 @@ class Lab:
             self._peft = add_lora(self._model, train.lora, seed=train.seed)
         return self._peft
 
+    def loaded_model(self):
+        """The selection model as it is now (LoRA-wrapped once ``model`` was used), loaded on
+        first use: what a clean copy for fine-tuning or RDS states starts from."""
+        self._load_model()
+        return self._peft if self._peft is not None else self._model
+
+    def cached_tokenized(self, split: str) -> pl.DataFrame | None:
+        """``split`` tokenized if that already happened in this session, else None (never
+        tokenizes: views use it to stay cheap)."""
+        return self._tokenized.get(split)
+
     def _load_model(self) -> None:
         if self._model is None:
             from .models import load_model, model_fingerprint
@@ -178,7 +189,9 @@ class Lab:
         found = sorted(root.glob("epoch-*/state.json"), key=lambda p: int(p.parent.name[6:]))
         return [Checkpoint.load(p.parent) for p in found]
 
-    def _store_dirs(self, split: str, feature: str | None = None) -> list[Path]:
+    def store_dirs(self, split: str, feature: str | None = None) -> list[Path]:
+        """Where ``split``'s gradient stores live, one per warmup checkpoint (built or not);
+        the name carries the feature kind, projection and a fingerprint of its settings."""
         g = self.grad_cfg
         feature = feature or ("adam" if split == "pool" else "sgd")
         tag = f"{feature}-{g.projection}-d{g.proj_dim}-s{g.proj_seed}-{fingerprint(g)[:6]}"
@@ -190,7 +203,7 @@ class Lab:
         ckpts = self.checkpoints() or self.warmup()
         feature = feature or ("adam" if split == "pool" else "sgd")
         stores = []
-        for ckpt, path in zip(ckpts, self._store_dirs(split, feature), strict=True):
+        for ckpt, path in zip(ckpts, self.store_dirs(split, feature), strict=True):
             stores.append(
                 pipeline.extract_store(
                     self.model,

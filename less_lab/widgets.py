@@ -454,7 +454,7 @@ def explore(
         raise FileNotFoundError(f"{out / 'scores.parquet'} not found: run lab.select({target!r})")
     scores = pl.read_parquet(out / "scores.parquet")
     chosen = {"LESS": pl.read_parquet(out / "selection.parquet"), **(selections or {})}
-    tokenized = tokenized if tokenized is not None else lab._tokenized.get("pool")
+    tokenized = tokenized if tokenized is not None else lab.cached_tokenized("pool")
     views: dict[str, View] = {
         "Top examples": TopExamplesView(scores, lab.pool, tokenized),
         "Similarity": SimilarityCurveView(scores),
@@ -476,5 +476,5 @@ def _pool_stats(lab: Any) -> pl.DataFrame | None:
     """Stats of the pool store at the last warmup checkpoint, if that store is complete."""
     from .datastore import open_store
 
-    done = [d for d in lab._store_dirs("pool") if (d / "meta.json").exists()]
+    done = [d for d in lab.store_dirs("pool") if (d / "meta.json").exists()]
     return plots.stats_frame(open_store(done[-1], verify=False)) if done else None

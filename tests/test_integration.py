@@ -100,7 +100,7 @@ def test_reuse_is_cached_and_other_settings_are_refused(lab):
     with pytest.raises(StoreMismatchError, match="projection"):
         open_store(store.path, {"projection": other["projection"]})
     lab2 = lab.with_config(gradients=replace(lab.grad_cfg, proj_seed=1))
-    assert lab2._store_dirs("bbh")[0] != store.path
+    assert lab2.store_dirs("bbh")[0] != store.path
 
 
 def test_peak_memory_under_12_gib(lab):
