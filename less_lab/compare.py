@@ -29,7 +29,7 @@ from typing import Any
 
 import polars as pl
 
-from .config import SelectConfig, TrainConfig, fingerprint, to_dict
+from .config import SelectConfig, TrainConfig, fingerprint, record_settings, to_dict
 from .evaluation import EvalFn, make_eval
 from .finetune import clean_copy, finetune, frame_metrics, resolve_model, validation_fn
 from .selection import selection_size
@@ -99,26 +99,6 @@ def select(
         pl.col("score").cast(pl.Float64),
         pl.col("subtask").cast(pl.String),
     )
-
-
-def _check_settings(out_dir: Path, settings: dict) -> None:
-    path = out_dir / SETTINGS_FILE
-    settings = json.loads(json.dumps(settings))
-    if path.exists():
-        old = json.loads(path.read_text())
-        if old != settings:
-            diff = {
-                k: (old.get(k), settings.get(k))
-                for k in sorted(set(old) | set(settings))
-                if old.get(k) != settings.get(k)
-            }
-            raise ValueError(
-                f"{path}: this comparison was run with other settings "
-                f"(key: (on disk, now)) {diff}; use another out_dir"
-            )
-    else:
-        out_dir.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(settings, indent=1, sort_keys=True))
 
 
 def _selection_stats(lab, sel: pl.DataFrame) -> dict:
@@ -239,8 +219,8 @@ def compare(
     evals, val_evals = dict(evals or {}), dict(val_evals or {})
     out_dir = Path(out_dir) if out_dir is not None else lab.run_dir / "compare" / target
     n = selection_size(lab.pool.height, SelectConfig(fraction=fraction, k=k))
-    _check_settings(
-        out_dir,
+    record_settings(
+        out_dir / SETTINGS_FILE,
         {
             "target": target,
             "k": n,
@@ -255,6 +235,7 @@ def compare(
             if target_model is None
             else str(target_model if isinstance(target_model, str) else type(target_model)),
         },
+        refused="this comparison was run with other settings",
     )
     rows = []
     for method in [*methods, *(["full"] if include_full else [])]:

@@ -10,7 +10,9 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import os
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Literal
 
 ChatFormat = Literal["tulu", "template"]
@@ -173,3 +175,29 @@ _DATACLASSES = {
     "DataConfig": DataConfig,
     "GradientConfig": GradientConfig,
 }
+
+
+def record_settings(
+    path: Path, settings: dict, refused: str = "existing run was made with different settings"
+) -> None:
+    """Write ``settings`` (what made a run) to ``path``, or, when ``path`` exists, refuse to
+    continue a run recorded with other settings: ``ValueError`` names the file, ``refused``
+    and every differing key as ``(on disk, now)``. The write is atomic (a kill never leaves
+    half a file)."""
+    settings = json.loads(json.dumps(settings))
+    if path.exists():
+        old = json.loads(path.read_text())
+        if old != settings:
+            diff = {
+                k: (old.get(k), settings.get(k))
+                for k in sorted(set(old) | set(settings))
+                if old.get(k) != settings.get(k)
+            }
+            raise ValueError(
+                f"{path}: {refused} (key: (on disk, now)) {diff}; use another directory"
+            )
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(settings, indent=1, sort_keys=True))
+    os.replace(tmp, path)

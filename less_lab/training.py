@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import shutil
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -23,7 +22,7 @@ from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
 from .batching import collate, token_budget_batches
-from .config import TrainConfig, to_dict
+from .config import TrainConfig, record_settings, to_dict
 from .gradients import AdamState
 from .lora import canonical_name, completion_token_losses
 
@@ -156,27 +155,6 @@ def _save_checkpoint(model, optimizer, path: Path, info: dict) -> Checkpoint:
     return Checkpoint.load(path)
 
 
-def _check_or_write_settings(path: Path, settings: dict) -> None:
-    """Record what made a run; refuse to continue a run made with other settings."""
-    settings = json.loads(json.dumps(settings))
-    if path.exists():
-        old = json.loads(path.read_text())
-        if old != settings:
-            diff = {
-                k: (old.get(k), settings.get(k))
-                for k in set(old) | set(settings)
-                if old.get(k) != settings.get(k)
-            }
-            raise ValueError(
-                f"{path}: existing run was made with different settings "
-                f"(key: (on disk, now)) {diff}; use another directory"
-            )
-        return
-    tmp = path.with_name(path.name + ".tmp")  # atomic: a kill never leaves half a file
-    tmp.write_text(json.dumps(settings, indent=1, sort_keys=True))
-    os.replace(tmp, path)
-
-
 def _resume(model, optimizer, out_dir: Path, epochs: int) -> list[Checkpoint]:
     """Load the last complete epoch checkpoint (if any) into model and optimizer."""
     done = []
@@ -214,9 +192,7 @@ def train_lora(
     """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    _check_or_write_settings(
-        out_dir / "train_config.json", {"config": to_dict(cfg), **(settings or {})}
-    )
+    record_settings(out_dir / "train_config.json", {"config": to_dict(cfg), **(settings or {})})
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(
         params, lr=cfg.learning_rate, betas=cfg.betas, eps=cfg.eps, weight_decay=cfg.weight_decay
