@@ -25,7 +25,7 @@ import numpy as np
 import polars as pl
 
 from .data import DataError, iter_json_lines, load_json_object
-from .targets import _csv_rows, _mmlu_question
+from .targets import _mmlu_header, _mmlu_question, _mmlu_records
 
 LETTERS = ("A", "B", "C", "D")
 EXAMPLE_SCHEMA = {
@@ -52,22 +52,6 @@ def _frame(rows: list[dict], extra: dict[str, pl.DataType] | None = None) -> pl.
     return pl.DataFrame(rows, schema=EXAMPLE_SCHEMA | (extra or {}))
 
 
-def _mmlu_records(path: Path) -> list[list[str]]:
-    recs = []
-    for line, fields in _csv_rows(path):
-        if not fields:
-            continue
-        if len(fields) != 6 or fields[5].strip() not in LETTERS:
-            raise DataError(
-                f"row with {len(fields)} fields",
-                path=path,
-                line=line,
-                expected="question,A,B,C,D,answer with answer in A-D",
-            )
-        recs.append(fields)
-    return recs
-
-
 def mmlu_examples(
     mmlu_dir: str | Path,
     *,
@@ -87,13 +71,10 @@ def mmlu_examples(
         subject = test.name[: -len("_test.csv")]
         if subjects is not None and subject not in subjects:
             continue
-        dev = _mmlu_records(root / "dev" / f"{subject}_dev.csv")[:k] if k else []
-        header = (
-            "The following are multiple choice questions (with answers) about "
-            f"{subject.replace('_', ' ')}.\n\n"
-        )
+        dev = [f for _, f in _mmlu_records(root / "dev" / f"{subject}_dev.csv")[:k]] if k else []
+        header = _mmlu_header(subject)
         shots = "".join(f"{_mmlu_question(f)} {f[5].strip()}\n\n" for f in dev)
-        records = list(enumerate(_mmlu_records(test)))
+        records = list(enumerate(f for _, f in _mmlu_records(test)))
         for i, f in _subsample(records, max_per_subject, seed, subject):
             rows.append(
                 {
@@ -183,10 +164,6 @@ def _squad_rows(path: Path) -> list[dict]:
             expected='{"data":[{"paragraphs":[{"context","qas":[...]}]}]}',
         ) from None
     return rows
-
-
-def _qa_block(context: str, question: str) -> str:
-    return f"Passage: {context}\nQuestion: {question}\nAnswer:"
 
 
 GSM_INSTRUCTION = "Answer the following questions.\n\n"

@@ -32,7 +32,6 @@ from .evalsets import (
     LETTERS,
     _frame,
     _gsm_shot,
-    _qa_block,
     _records,
     _squad_rows,
     _subsample,
@@ -51,7 +50,7 @@ from .metrics import (
     squad_f1,
     summarize,
 )
-from .targets import TARGET_SCHEMA, TYDIQA_INSTRUCTION
+from .targets import TARGET_SCHEMA, TYDIQA_INSTRUCTION, _qa_block
 
 EvalFn = Callable[[Any, Any], pl.DataFrame]
 """``(model, tokenizer) -> summary frame``: what fine-tuning and ``compare`` call."""

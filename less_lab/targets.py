@@ -221,17 +221,36 @@ def _mmlu_question(fields: list[str]) -> str:
     return "\n".join(lines) + "\nAnswer:"
 
 
+def _mmlu_header(subject: str) -> str:
+    return (
+        "The following are multiple choice questions (with answers) about "
+        f"{subject.replace('_', ' ')}.\n\n"
+    )
+
+
+def _mmlu_records(path: Path) -> list[tuple[int, list[str]]]:
+    """``(line, fields)`` of an MMLU CSV (question, A-D, answer letter), blank rows
+    skipped; shared with :mod:`less_lab.evalsets` so target and test prompts agree."""
+    records = [r for r in _csv_rows(path) if r[1]]
+    for line, fields in records:
+        if len(fields) != 6 or fields[5].strip() not in ("A", "B", "C", "D"):
+            what = f"row with {len(fields)} fields (answer {fields[-1][:10]!r})"
+            expected = "question,A,B,C,D,answer with answer in A-D"
+            raise DataError(what, path=path, line=line, expected=expected)
+    return records
+
+
+def _qa_block(context: str, question: str) -> str:
+    """The span-QA question block (TydiQA targets and SQuAD-format test sets)."""
+    return f"Passage: {context}\nQuestion: {question}\nAnswer:"
+
+
 def _read_mmlu(files: list[Path]) -> list[dict]:
     """Per subject, dev row i answered after the other dev rows as 5-shot context."""
     rows = []
     for path in files:
         subject = re.sub(r"_(dev|val|test)$", "", path.stem)
-        records = [r for r in _csv_rows(path) if r[1]]
-        for line, fields in records:
-            if len(fields) != 6 or fields[5].strip() not in ("A", "B", "C", "D"):
-                what = f"row with {len(fields)} fields (answer {fields[-1][:10]!r})"
-                expected = "question,A,B,C,D,answer with answer in A-D"
-                raise DataError(what, path=path, line=line, expected=expected)
+        records = _mmlu_records(path)
         if not records:
             raise DataError("no rows", path=path, expected="question,A,B,C,D,answer rows")
         if len(records) > MMLU_SHOTS:
@@ -239,10 +258,7 @@ def _read_mmlu(files: list[Path]) -> list[dict]:
                 f"{path}: using the first {MMLU_SHOTS} of {len(records)} rows", stacklevel=3
             )
             records = records[:MMLU_SHOTS]
-        header = (
-            "The following are multiple choice questions (with answers) about "
-            f"{subject.replace('_', ' ')}.\n\n"
-        )
+        header = _mmlu_header(subject)
         for i, (_, fields) in enumerate(records):
             shots = "".join(
                 f"{_mmlu_question(f)} {f[5].strip()}\n\n"
@@ -275,7 +291,7 @@ def _read_tydiqa(path: Path) -> list[dict]:
                 what = f"language {lang!r} record {j} lacks context/question/answers[0].text"
                 expected = "strings and a non-empty answer"
                 raise DataError(what, path=path, line=line, expected=expected)
-            prompt = f"{TYDIQA_INSTRUCTION}\n\nPassage: {context}\nQuestion: {question}\nAnswer:"
+            prompt = f"{TYDIQA_INSTRUCTION}\n\n{_qa_block(context, question)}"
             rows.append(_row(f"tydiqa_{lang}_{j}", "tydiqa", lang, prompt, answer.strip()))
     return rows
 
