@@ -176,14 +176,16 @@ def summary(
     target_reliability: float = 0.9,
     min_reliability: float = 0.8,
     max_dropped_share: float = 0.01,
+    reliability: Reliability | None = None,
 ) -> Diagnostics:
     """The reliability of this LESS score (skipped for exact features), the pool features'
     mean pairwise cosine, and whichever of Adam health (:func:`adam_health`), selection shape
     (``selection.selection_report``) and truncation (from ``tokenized_pool``/``dropped``)
-    are given, with every warning in one list."""
+    are given, with every warning in one list. ``reliability``: a split-half result already
+    computed for these stores (``Lab.select`` makes one), so it is not computed twice."""
     warnings: list[str] = []
-    rel = None
-    if pool_stores[0].meta["projection"]["kind"] != "none":
+    rel = reliability
+    if rel is None and pool_stores[0].meta["projection"]["kind"] != "none":
         rel = split_half(
             pool_stores,
             target_stores,
@@ -193,6 +195,7 @@ def summary(
             select_cfg,
             target=target_reliability,
         )
+    if rel is not None:
         if not rel.r_full >= min_reliability:
             need = (
                 "no d would help: the halves share no signal"

@@ -244,6 +244,7 @@ class Lab:
         long, agg = self._score(target, feature)
         top = select_top(agg, cfg)
         rel = self.reliability(target, feature)  # split-half check with every LESS selection
+        self.last_reliability = rel
         if rel is not None and rel.r_full < 0.8:
             warnings.warn(f"{target}: {rel.text()}", stacklevel=2)
         top = top.join(
@@ -329,7 +330,11 @@ class Lab:
         from .diagnostics import summary
         from .selection import selection_report
 
-        selection = self.select(target, feature=feature) if selection is None else selection
+        if selection is None:
+            selection = self.select(target, feature=feature)
+            rel = self.last_reliability  # made by select: the same stores and configs
+        else:
+            rel = self.reliability(target, feature)
         tok = self.tokenized("pool")
         report = selection_report(
             selection, self.pool, tok, subtasks=sorted(self.targets[target]["subtask"].unique())
@@ -356,6 +361,7 @@ class Lab:
             tokenized_pool=tok,
             dropped=self.dropped.get("pool"),
             pool=self.pool,
+            reliability=rel,
         )
 
     def exact(self) -> Lab:

@@ -47,6 +47,7 @@ def test_lab_select_diagnostics_and_repr(tmp_path, tiny_model, tiny_tokenizer):
     assert "warmup: 2/2 checkpoints" in repr(lab)
     diag = lab.diagnostics("demo")
     assert diag is not None and diag.text()
+    assert diag.reliability is lab.last_reliability  # select's split-half, not a second one
     assert lab.select_balanced("demo", SelectConfig(k=6))["subtask"].n_unique() == 3
     long = lab.subtask_scores("demo")
     assert long.height == 30 * demo_targets()["subtask"].n_unique()
