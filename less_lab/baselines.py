@@ -24,7 +24,7 @@ import numpy as np
 import polars as pl
 
 from .config import DataConfig, SelectConfig
-from .scoring import SCORE_SCHEMA, _unit, aggregate, long_frame
+from .scoring import SCORE_SCHEMA, aggregate, long_frame, unit_rows
 from .selection import selection_size
 
 Tokenizer = Callable[[str], list[str]]
@@ -374,7 +374,7 @@ def rds_scores(
     p_ids, p_states = last_token_states(model, tokenizer, pool, desc="rds pool", **kw)
     sub_of = dict(zip(targets["example_id"].to_list(), targets["subtask"].to_list(), strict=True))
     t_sub = np.asarray([sub_of[i] for i in t_ids], dtype=object)
-    t_unit = _unit(t_states)
+    t_unit = unit_rows(t_states)
     means = np.full((len(subtasks), p_states.shape[1] or t_states.shape[1]), np.nan)
     for j, name in enumerate(subtasks):
         if (t_sub == name).any():
@@ -384,7 +384,7 @@ def rds_scores(
     out = np.full((pool.height, len(subtasks)), np.nan)
     if p_ids:
         row = {eid: i for i, eid in enumerate(pool["example_id"].to_list())}
-        out[[row[i] for i in p_ids]] = _unit(p_states) @ _unit(means).T
+        out[[row[i] for i in p_ids]] = unit_rows(p_states) @ unit_rows(means).T
     return _frame(out, subtasks, pool)
 
 

@@ -24,7 +24,7 @@ import polars as pl
 from .baselines import bm25_scores, last_token_states
 from .config import DataConfig
 from .datastore import Store
-from .scoring import _check_compatible, _unit, checkpoint_weights
+from .scoring import _check_compatible, checkpoint_weights, unit_rows
 
 NEIGHBOR_SCHEMA = {"example_id": pl.String, "score": pl.Float64, "rank": pl.UInt32}
 
@@ -71,10 +71,9 @@ def less_similarities(
         if target_id not in target.ids:
             raise KeyError(f"target example {target_id!r} is not in store {target.path}")
         row = target.ids.index(target_id)
-        vec = _unit(np.asarray(target.features[row : row + 1], dtype=np.float32))[0]
-        for start in range(0, n, chunk_rows):
-            chunk = np.asarray(pool.features[start : start + chunk_rows], dtype=np.float32)
-            out[start : start + len(chunk)] += w * (_unit(chunk) @ vec)
+        vec = unit_rows(np.asarray(target.features[row : row + 1], dtype=np.float32))[0]
+        for start, chunk in pool.iter_chunks(chunk_rows):
+            out[start : start + len(chunk)] += w * (unit_rows(chunk) @ vec)
     return out
 
 
@@ -135,4 +134,4 @@ def rds_neighbors(
     )
     if not p_ids:
         return pl.DataFrame(schema=NEIGHBOR_SCHEMA)
-    return top_k(p_ids, _unit(p_states) @ _unit(t_states)[0], k)
+    return top_k(p_ids, unit_rows(p_states) @ unit_rows(t_states)[0], k)

@@ -23,6 +23,7 @@ import polars as pl
 from plotly.colors import qualitative
 from plotly.subplots import make_subplots
 
+from .reliability import correlation
 from .scoring import aggregate
 
 MAX_SUBTASK = "(max over subtasks)"
@@ -221,15 +222,7 @@ def stats_frame(store) -> pl.DataFrame:
 
 def spearman(x: Sequence[float], y: Sequence[float]) -> float:
     """Spearman rank correlation (average ranks for ties); NaN with < 3 finite pairs."""
-    a, b = np.asarray(x, dtype=float), np.asarray(y, dtype=float)
-    ok = np.isfinite(a) & np.isfinite(b)
-    if ok.sum() < 3:
-        return float("nan")
-    ra = pl.Series(a[ok]).rank("average").to_numpy()
-    rb = pl.Series(b[ok]).rank("average").to_numpy()
-    if ra.std() == 0 or rb.std() == 0:
-        return float("nan")
-    return float(np.corrcoef(ra, rb)[0, 1])
+    return correlation(np.asarray(x, dtype=float), np.asarray(y, dtype=float), "spearman")
 
 
 def sorted_similarities(scores: pl.DataFrame, subtask: str) -> np.ndarray:

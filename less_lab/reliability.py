@@ -21,7 +21,7 @@ import polars as pl
 
 from .config import ScoreConfig, SelectConfig
 from .datastore import Store
-from .scoring import subtask_scores
+from .scoring import subtask_scores, unit_rows
 from .selection import selection_size
 
 DEFAULT_SCORE, DEFAULT_SELECT = ScoreConfig(), SelectConfig()
@@ -251,8 +251,7 @@ def mean_pairwise_cosine(store: Store, chunk_bytes: int = 2**28) -> float:
     for start in range(0, len(store), chunk_rows):
         x = np.asarray(store.features[start : start + chunk_rows], dtype=np.float64)
         x = x[np.isfinite(x).all(1)]
-        norms = np.linalg.norm(x, axis=1, keepdims=True)
-        u = (x / np.where(norms > 0, norms, 1.0)).sum(0)
+        u = unit_rows(x).sum(0)
         total = u if total is None else total + u
         n += len(x)
     if n < 2:

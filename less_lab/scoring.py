@@ -38,7 +38,8 @@ def checkpoint_weights(lrs: Sequence[float], normalize: bool = True) -> np.ndarr
     return w / w.sum() if normalize and w.sum() > 0 else w
 
 
-def _unit(x: np.ndarray) -> np.ndarray:
+def unit_rows(x: np.ndarray) -> np.ndarray:
+    """Rows scaled to unit length (zero rows stay zero)."""
     norms = np.linalg.norm(x, axis=1, keepdims=True)
     return x / np.where(norms > 0, norms, 1.0)
 
@@ -56,10 +57,10 @@ def target_matrix(
     feats = np.asarray(store.features[:, columns or slice(None)], dtype=np.float32)
     col_subtask = np.array([subtasks.index(target_subtask[i]) for i in store.ids])
     if method == "mean_of_shots":
-        return _unit(feats).T.copy(), col_subtask
+        return unit_rows(feats).T.copy(), col_subtask
     means = np.stack([feats[col_subtask == j].mean(0) for j in range(len(subtasks))])
     if method == "paper":
-        means = _unit(means)
+        means = unit_rows(means)
     elif method != "dot":
         raise ValueError(f"unknown score method {method!r}; expected paper, mean_of_shots, dot")
     return means.T.copy(), None
@@ -105,7 +106,7 @@ def subtask_scores(
         for start, chunk in pool.iter_chunks(cfg.chunk_rows):
             chunk = chunk if columns is None else chunk[:, columns]
             sims = chunk @ mat
-            if cfg.method != "dot":  # cosine: divide by row norms, cheaper than _unit(chunk)
+            if cfg.method != "dot":  # cosine: divide by row norms, cheaper than unit_rows(chunk)
                 norms = np.sqrt(np.einsum("ij,ij->i", chunk, chunk))
                 sims /= np.where(norms > 0, norms, 1.0)[:, None]
             if cols is not None:  # mean over each subtask's shots
