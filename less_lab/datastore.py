@@ -323,12 +323,14 @@ def build_store(
         pending = [[r] for r in np.flatnonzero(~done).tolist()]
     else:
         pending = [list(map(int, u)) for u in units if not done[list(u)].all()]
-    mine = [r for u in dist.shard(pending) for r in u if not done[r]]
+    my_units = dist.shard(pending)
+    whole_units = [r for u in my_units for r in u]  # computed whole (a unit is one batch)
+    mine = [r for r in whole_units if not done[r]]  # rows this rank writes
     initial = n - sum(len(u) for u in pending)
     if dist.world > 1 and progress:
         print(
             f"[rank {dist.rank}/{dist.world}] {path}: {len(mine)} of {n - initial} pending "
-            f"rows, {len(dist.shard(pending))} of {len(pending)} units",
+            f"rows, {len(my_units)} of {len(pending)} units",
             file=sys.stderr,
             flush=True,
         )
@@ -343,7 +345,6 @@ def build_store(
         )
         slot = np.full(n, -1, dtype=np.int64)  # where each of my rows goes; -1: not mine
         slot[mine] = mine if dist.world == 1 else np.arange(len(mine))
-        whole_units = [r for u in dist.shard(pending) for r in u]
         _fill(files, slot, compute(whole_units), dtype, on_write, bar)
     bar.close()
     dist.barrier()
