@@ -62,10 +62,10 @@ from less_lab.config import (
     TrainConfig,
     WarmupConfig,
 )
-from less_lab.data import read_pool
-from less_lab.evaluation import make_eval
+from less_lab.data.pool import read_pool
+from less_lab.data.targets import read_targets
+from less_lab.evaluate.evaluators import make_eval
 from less_lab.lab import Lab
-from less_lab.targets import read_targets
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 MMLU = ["high_school_geography", "marketing", "us_foreign_policy", "nutrition"]

@@ -25,15 +25,15 @@ import polars as pl
 import torch
 from safetensors.torch import save_file
 
-from less_lab.batching import collate, token_budget_batches
 from less_lab.config import DataConfig, GradientConfig, LoraSettings
-from less_lab.data import read_pool
-from less_lab.formatting import tokenize
-from less_lab.gradients import AdamState, to_features
-from less_lab.lora import add_lora, canonical_name
-from less_lab.models import load_model
-from less_lab.pipeline import extract_store
-from less_lab.training import Checkpoint
+from less_lab.core.gradients import AdamState, to_features
+from less_lab.core.pipeline import extract_store
+from less_lab.core.training import Checkpoint
+from less_lab.data.batching import collate, token_budget_batches
+from less_lab.data.formatting import tokenize
+from less_lab.data.pool import read_pool
+from less_lab.model.loading import load_model
+from less_lab.model.lora import add_lora, canonical_name
 
 
 def sample_pool(data_dir: Path, n: int, seed: int = 0) -> pl.DataFrame:

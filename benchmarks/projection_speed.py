@@ -28,7 +28,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout
-from less_lab.projection import (  # noqa: E402
+from less_lab.core.projection import (  # noqa: E402
     RademacherProjector,
     SparseSignProjector,
     TrakBasicProjector,

@@ -44,9 +44,9 @@ import polars as pl
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout
-from less_lab import baselines, evalsets, evaluation, pipeline  # noqa: E402
-from less_lab.adam_health import adam_health  # noqa: E402
-from less_lab.batching import collate, token_budget_batches  # noqa: E402
+from less_lab.checks.adam_health import adam_health  # noqa: E402
+from less_lab.checks.diagnostics import summary, truncation_report  # noqa: E402
+from less_lab.checks.reliability import agreement, split_half  # noqa: E402
 from less_lab.config import (  # noqa: E402
     DataConfig,
     GradientConfig,
@@ -56,20 +56,22 @@ from less_lab.config import (  # noqa: E402
     TrainConfig,
     WarmupConfig,
 )
-from less_lab.data import read_pool  # noqa: E402
-from less_lab.datastore import build_store  # noqa: E402
-from less_lab.diagnostics import summary, truncation_report  # noqa: E402
-from less_lab.finetune import clean_copy  # noqa: E402
-from less_lab.formatting import tokenize  # noqa: E402
-from less_lab.inference import inference  # noqa: E402
-from less_lab.lora import add_lora, completion_token_losses  # noqa: E402
-from less_lab.models import load_model, model_fingerprint  # noqa: E402
-from less_lab.projection import make_projector  # noqa: E402
-from less_lab.reliability import agreement, split_half  # noqa: E402
-from less_lab.scoring import aggregate  # noqa: E402
-from less_lab.selection import select_balanced, select_top, selection_report  # noqa: E402
-from less_lab.targets import read_targets  # noqa: E402
-from less_lab.training import train_lora  # noqa: E402
+from less_lab.core import baselines, pipeline  # noqa: E402
+from less_lab.core.datastore import build_store  # noqa: E402
+from less_lab.core.projection import make_projector  # noqa: E402
+from less_lab.core.scoring import aggregate  # noqa: E402
+from less_lab.core.selection import select_balanced, select_top, selection_report  # noqa: E402
+from less_lab.core.training import train_lora  # noqa: E402
+from less_lab.data import evalsets  # noqa: E402
+from less_lab.data.batching import collate, token_budget_batches  # noqa: E402
+from less_lab.data.formatting import tokenize  # noqa: E402
+from less_lab.data.pool import read_pool  # noqa: E402
+from less_lab.data.targets import read_targets  # noqa: E402
+from less_lab.evaluate import evaluators as evaluation  # noqa: E402
+from less_lab.evaluate.finetune import clean_copy  # noqa: E402
+from less_lab.evaluate.inference import inference  # noqa: E402
+from less_lab.model.loading import load_model, model_fingerprint  # noqa: E402
+from less_lab.model.lora import add_lora, completion_token_losses  # noqa: E402
 
 TARGETS = ("bbh", "mmlu")
 METHODS = ("less_max", "less_balanced", "less_exact", "random", "bm25")

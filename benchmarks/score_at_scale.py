@@ -36,7 +36,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout
-from less_lab.datastore import META, build_store, open_store  # noqa: E402
+from less_lab.core.datastore import META, build_store, open_store  # noqa: E402
 
 CHUNK = 16384
 
@@ -128,7 +128,7 @@ def score_only(root: Path, args) -> dict:
     import polars as pl
 
     from less_lab.config import ScoreConfig
-    from less_lab.scoring import subtask_scores
+    from less_lab.core.scoring import subtask_scores
 
     t0 = time.perf_counter()
     pools = [open_store(root / f"pool-{c}") for c in range(args.checkpoints)]
@@ -148,7 +148,7 @@ def score_only(root: Path, args) -> dict:
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     extra = {}
     if args.full:  # the long frame (n x subtasks rows) and the max over subtasks
-        from less_lab.scoring import aggregate, long_frame
+        from less_lab.core.scoring import aggregate, long_frame
 
         t0 = time.perf_counter()
         best = aggregate(long_frame(matrix, subtasks, pools[0].ids))

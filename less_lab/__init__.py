@@ -5,7 +5,7 @@ Start with ``from less_lab import Lab`` (see ``lab.py``) or the ``less-lab`` com
 
 __version__ = "0.1.0"
 
-from .config import (  # noqa: E402
+from less_lab.config import (  # noqa: E402
     DataConfig,
     GradientConfig,
     LoraSettings,
@@ -19,11 +19,11 @@ from .config import (  # noqa: E402
 def __getattr__(name: str):
     """Heavy modules (torch, transformers) load only when first used."""
     if name == "Lab":
-        from .lab import Lab
+        from less_lab.lab import Lab
 
         return Lab
     if name == "load_model":
-        from .models import load_model
+        from less_lab.model.loading import load_model
 
         return load_model
     raise AttributeError(name)

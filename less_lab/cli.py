@@ -4,71 +4,38 @@
     less-lab run --run-dir runs/x --pool data/pool --target mmlu=data/eval/mmlu \\
         --set data.max_length=512 --set warmup.train.lora.r=8 --set gradients.proj_dim=2048
     less-lab warmup | datastore | score | select    # one stage at a time, same flags
+    less-lab compare ...                            # LESS vs baselines (Table 3)
 
 Every config field can be set with ``--set section.field=value`` (sections: data, warmup,
-gradients, scoring, select; nested fields with dots, e.g. ``warmup.train.epochs=2``).
+gradients, scoring, select; nested fields with dots, e.g. ``warmup.train.epochs=2``), on
+top of ``--preset`` (``paper``, the default, or ``cpu-demo``). Known errors (bad input,
+bad settings, a run made with other settings) print as plain lines and exit 2; ``--debug``
+shows the traceback.
+
+Top of the facade: the only module that parses arguments or exits.
 """
 
 from __future__ import annotations
 
 import argparse
-import dataclasses
-import json
 import sys
 from pathlib import Path
 
-from .config import DataConfig, GradientConfig, ScoreConfig, SelectConfig, WarmupConfig
+from less_lab._io import write_parquet
+from less_lab.compare import METHODS, compare, paper_table
+from less_lab.config import PRESETS, TrainConfig, build_configs, parse_value, replace_path
+from less_lab.core import distributed
+from less_lab.demo import run_demo
+from less_lab.errors import ConfigError, LessLabError
+from less_lab.evaluate.evaluators import EvalFn, make_eval
+from less_lab.lab import Lab
 
-SECTIONS = {
-    "data": DataConfig,
-    "warmup": WarmupConfig,
-    "gradients": GradientConfig,
-    "scoring": ScoreConfig,
-    "select": SelectConfig,
-}
-
-
-def _parse_value(text: str):
-    try:
-        return json.loads(text)
-    except json.JSONDecodeError:
-        return text
+STAGES = ("warmup", "datastore", "score", "select", "run")
 
 
-def _replace_path(cfg, path: list[str], value):
-    """``dataclasses.replace`` along a dotted path, checking that each field exists."""
-    names = {f.name for f in dataclasses.fields(cfg)}
-    if path[0] not in names:
-        raise SystemExit(
-            f"--set: {type(cfg).__name__} has no field {path[0]!r} "
-            f"(fields: {', '.join(sorted(names))})"
-        )
-    if len(path) > 1:
-        value = _replace_path(getattr(cfg, path[0]), path[1:], value)
-    elif isinstance(getattr(cfg, path[0]), tuple) and isinstance(value, list):
-        value = tuple(value)
-    return dataclasses.replace(cfg, **{path[0]: value})
-
-
-def build_configs(sets: list[str]) -> dict:
-    """Default configs with ``section.field=value`` overrides applied."""
-    configs = {name: cls() for name, cls in SECTIONS.items()}
-    for item in sets:
-        key, sep, raw = item.partition("=")
-        parts = key.split(".")
-        if not sep or parts[0] not in SECTIONS or len(parts) < 2:
-            raise SystemExit(
-                f"--set {item!r}: expected section.field=value with section in "
-                f"{', '.join(SECTIONS)}"
-            )
-        configs[parts[0]] = _replace_path(configs[parts[0]], parts[1:], _parse_value(raw))
-    return configs
-
-
-def _make_lab(args):
-    from .lab import Lab
-
-    c = build_configs(args.set)
+def make_lab(args: argparse.Namespace) -> Lab:
+    """A Lab from the stage flags: configs (preset + ``--set``), pool and targets."""
+    c = build_configs(args.set, preset=args.preset)
     lab = Lab(
         args.run_dir,
         model=args.model,
@@ -83,7 +50,7 @@ def _make_lab(args):
     for spec in args.target:
         name, sep, path = spec.partition("=")
         if not sep:
-            raise SystemExit(f"--target {spec!r}: expected NAME=PATH")
+            raise ConfigError(f"--target {spec!r}: expected NAME=PATH", key="target")
         lab.add_target(name, path)
     return lab
 
@@ -93,31 +60,25 @@ def _print_top(frame, n: int = 10) -> None:
     print(frame.select(cols).head(n))
 
 
-def cmd_stage(args) -> None:
-    from . import distributed
-
-    lab = _make_lab(args)
+def cmd_stage(args: argparse.Namespace) -> None:
+    lab = make_lab(args)
     ctx = distributed.context()
     if args.device != "cpu":
-        lab.model.to(distributed.device() if args.device == "auto" else torch_device(args.device))
+        import torch
+
+        device = distributed.device() if args.device == "auto" else torch.device(args.device)
+        lab.model.to(device)
     try:
         _run_stage(args, lab, ctx)
     finally:
         distributed.shutdown()
 
 
-def torch_device(name: str):
-    import torch
-
-    return torch.device(name)
-
-
-def _run_stage(args, lab, ctx) -> None:
-    from . import distributed
-
+def _run_stage(args: argparse.Namespace, lab: Lab, ctx) -> None:
     if ctx.world > 1 and args.command != "datastore":
-        raise SystemExit(
-            f"{args.command} runs in one process; only 'datastore' is sharded under torchrun"
+        raise ConfigError(
+            f"{args.command} runs in one process; only 'datastore' is sharded under torchrun",
+            key="command",
         )
     if args.command == "warmup":
         for ckpt in lab.warmup():
@@ -128,7 +89,7 @@ def _run_stage(args, lab, ctx) -> None:
         return
     if args.command == "datastore":
         with distributed.main_first(ctx):  # rank 0 trains the warmup, the others reuse it
-            lab.checkpoints() or lab.warmup()
+            lab.warmup()
         for split in ["pool", *lab.targets]:
             for store in lab.datastore(split):
                 if ctx.is_main:
@@ -137,70 +98,175 @@ def _run_stage(args, lab, ctx) -> None:
     for name in lab.targets:
         if args.command == "score":
             scores = lab.scores(name)
-            out = lab.run_dir / "scores" / f"{name}.parquet"
-            out.parent.mkdir(parents=True, exist_ok=True)
-            scores.write_parquet(out)
+            out = lab.layout.scores_file(name)
+            write_parquet(out, scores)
             print(f"{name}: scores -> {out}")
             _print_top(scores.sort("score", descending=True))
         else:  # select / run
-            top = lab.select(name)
-            print(f"{name}: selected {top.height} -> {lab.last_paths['selected']}")
-            _print_top(top)
+            sel = lab.select(name)
+            print(f"{name}: selected {len(sel)} -> {sel.paths['selected']}")
+            _print_top(sel.frame)
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="less-lab", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+def _add_run_flags(p: argparse.ArgumentParser) -> None:
+    """The flags every command on a run directory takes."""
+    p.add_argument("--run-dir", required=True, type=Path)
+    p.add_argument("--pool", nargs="+", required=True, help="pool files or dirs")
+    p.add_argument(
+        "--target",
+        action="append",
+        default=[],
+        metavar="NAME=PATH",
+        help="target in a LESS layout or JSONL with a subtask field",
     )
-    sub = parser.add_subparsers(dest="command", required=True)
-    demo = sub.add_parser("demo", help="run LESS on the embedded demo pool with SmolLM2")
-    demo.add_argument("--out", default="runs/demo", help="run directory (default runs/demo)")
-    demo.add_argument("--quiet", action="store_true")
-    demo.add_argument("--set", action="append", default=[], metavar="SECTION.FIELD=VALUE")
-    for name in ("warmup", "datastore", "score", "select", "run"):
+    p.add_argument(
+        "--model",
+        default="smollm2-135m",
+        help="'smollm2-135m' (embedded) or a local Hugging Face model dir",
+    )
+    p.add_argument(
+        "--on-error",
+        choices=["raise", "skip"],
+        default="raise",
+        help="bad pool lines: stop with file:line (default) or skip and report",
+    )
+    _add_config_flags(p)
+
+
+def _add_config_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--preset", default="paper", choices=sorted(PRESETS))
+    p.add_argument("--set", action="append", default=[], metavar="SECTION.FIELD=VALUE")
+    p.add_argument("--quiet", action="store_true")
+    p.add_argument("--debug", action="store_true", help="show tracebacks of known errors")
+
+
+def _add_stage_commands(sub) -> None:
+    for name in STAGES:
         p = sub.add_parser(name, help=f"the {name} stage" if name != "run" else "all stages")
-        p.add_argument("--run-dir", required=True, type=Path)
-        p.add_argument("--pool", nargs="+", required=True, help="pool JSONL files or dirs")
-        p.add_argument(
-            "--target",
-            action="append",
-            default=[],
-            metavar="NAME=PATH",
-            help="target in a LESS layout or JSONL with a subtask field",
-        )
-        p.add_argument(
-            "--model",
-            default="smollm2-135m",
-            help="'smollm2-135m' (embedded) or a local Hugging Face model dir",
-        )
-        p.add_argument(
-            "--on-error",
-            choices=["raise", "skip"],
-            default="raise",
-            help="bad pool lines: stop with file:line (default) or skip and report",
-        )
-        p.add_argument("--set", action="append", default=[], metavar="SECTION.FIELD=VALUE")
+        _add_run_flags(p)
         p.add_argument(
             "--device",
             default="cpu",
             help="cpu (default), auto (cuda:LOCAL_RANK when CUDA is there), or a "
             "torch device such as cuda:0",
         )
-        p.add_argument("--quiet", action="store_true")
-    from .compare import add_compare_command, run_compare_command
 
-    add_compare_command(sub)
+
+def _add_compare_command(sub) -> None:
+    """``less-lab compare``: the stage flags plus the comparison's."""
+    p = sub.add_parser("compare", help="LESS vs baselines: select, fine-tune, evaluate")
+    _add_run_flags(p)
+    p.add_argument("--methods", nargs="+", default=list(METHODS), choices=[*METHODS, "full"])
+    p.add_argument("--fraction", type=float, default=0.05)
+    p.add_argument("--k", type=int, default=None, help="exact selection size (wins over fraction)")
+    p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
+    p.add_argument("--include-full", action="store_true")
+    p.add_argument(
+        "--shared-warmup",
+        action="store_true",
+        help="one warmup for all LESS seeds (LESS then runs once)",
+    )
+    p.add_argument(
+        "--train-set",
+        action="append",
+        default=[],
+        metavar="FIELD=VALUE",
+        help="fine-tuning TrainConfig override, e.g. epochs=2 or lora.r=8 "
+        "(default: the warmup's training config)",
+    )
+    p.add_argument(
+        "--eval",
+        action="append",
+        default=[],
+        metavar="NAME=KIND:PATH",
+        help="test evaluation; KIND: mmlu, bbh, squad, tydiqa, gsm8k, "
+        "truthfulqa, mmlu-loss, bbh-loss, loss",
+    )
+    p.add_argument("--max-per-subtask", type=int, default=None)
+    p.add_argument("--out-dir", type=Path, default=None)
+
+
+def train_cfg(base: TrainConfig, sets: list[str]) -> TrainConfig:
+    """``base`` with ``FIELD=VALUE`` overrides (``--train-set``)."""
+    for item in sets:
+        key, sep, raw = item.partition("=")
+        if not sep:
+            raise ConfigError(f"--train-set {item!r}: expected FIELD=VALUE", key="train")
+        base = replace_path(base, key.split("."), parse_value(raw), "train.")
+    return base
+
+
+def evals_from_specs(specs: list[str], max_per_subtask: int | None, data_cfg) -> dict[str, EvalFn]:
+    """``NAME=KIND:PATH`` specs (``--eval``) as evaluation functions."""
+    out = {}
+    for spec in specs:
+        name, _, rest = spec.partition("=")
+        kind, sep, path = rest.partition(":")
+        if not name or not sep:
+            raise ConfigError(f"--eval {spec!r}: expected NAME=KIND:PATH", key="eval")
+        out[name] = make_eval(kind, path, max_per_subtask=max_per_subtask, data_cfg=data_cfg)
+    return out
+
+
+def run_compare_command(args: argparse.Namespace) -> int:
+    """Run ``compare`` for every ``--target`` and print its table."""
+    lab = make_lab(args)
+    train = train_cfg(lab.warmup_cfg.train, args.train_set)
+    evals = evals_from_specs(args.eval, args.max_per_subtask, lab.data_cfg)
+    for name in lab.targets:
+        table = compare(
+            lab,
+            name,
+            methods=args.methods,
+            fraction=args.fraction,
+            k=args.k,
+            seeds=args.seeds,
+            train_cfg=train,
+            evals=evals,
+            include_full=args.include_full,
+            out_dir=args.out_dir / name if args.out_dir else None,
+            per_seed_warmup=not args.shared_warmup,
+        )
+        shown = [c[: -len("_mean")] for c in table.columns if c.endswith("_mean")]
+        metrics = ["val_loss", *[m for m in shown if any(m.startswith(f"{e}_") for e in evals)]]
+        print(f"== {name}")
+        print(paper_table(table, metrics))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="less-lab", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+    demo = sub.add_parser("demo", help="run LESS on the embedded demo pool with SmolLM2")
+    demo.add_argument("--out", default="runs/demo", help="run directory (default runs/demo)")
+    demo.add_argument("--set", action="append", default=[], metavar="SECTION.FIELD=VALUE")
+    demo.add_argument("--quiet", action="store_true")
+    demo.add_argument("--debug", action="store_true", help="show tracebacks of known errors")
+    _add_stage_commands(sub)
+    _add_compare_command(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
     args = parser.parse_args(argv)
-    if args.command == "compare":
-        return run_compare_command(args)
-    if args.command == "demo":
-        from .demo import run_demo
-
-        run_demo(args.out, overrides=args.set, progress=not args.quiet)
-    else:
-        if args.command in ("score", "select", "run") and not args.target:
-            parser.error(f"{args.command} needs at least one --target NAME=PATH")
-        cmd_stage(args)
+    if args.command in ("score", "select", "run", "compare") and not args.target:
+        parser.error(f"{args.command} needs at least one --target NAME=PATH")
+    try:
+        if args.command == "compare":
+            return run_compare_command(args)
+        if args.command == "demo":
+            run_demo(args.out, overrides=args.set, progress=not args.quiet)
+        else:
+            cmd_stage(args)
+    except LessLabError as err:
+        if args.debug:
+            raise
+        print(f"less-lab {args.command}: error: {err}", file=sys.stderr)
+        print("(run with --debug for the traceback)", file=sys.stderr)
+        return 2
     return 0
 
 

@@ -20,19 +20,26 @@ for every run, as in the paper.
 
 from __future__ import annotations
 
-import argparse
 import json
 from collections.abc import Mapping, Sequence
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import polars as pl
 
-from .config import SelectConfig, TrainConfig, fingerprint, record_settings, to_dict
-from .evaluation import EvalFn, make_eval
-from .finetune import clean_copy, finetune, frame_metrics, resolve_model, validation_fn
-from .selection import selection_size
+from less_lab._io import write_json, write_parquet
+from less_lab.config import SelectConfig, TrainConfig, fingerprint, record_settings, to_dict
+from less_lab.core import baselines
+from less_lab.core.scoring import aggregate
+from less_lab.core.selection import select_top, selection_size
+from less_lab.evaluate.evaluators import EvalFn
+from less_lab.evaluate.finetune import (
+    clean_copy,
+    finetune,
+    frame_metrics,
+    resolve_model,
+    validation_fn,
+)
 
 METHODS = ("less", "random", "bm25", "dsir", "rds")
 DETERMINISTIC = frozenset({"bm25", "rds", "full"})
@@ -44,34 +51,13 @@ def base_model_copy(lab) -> Any:
     return clean_copy(lab.loaded_model())
 
 
-def _seed_lab(lab, seed: int):
-    """The lab whose warmup subset is drawn with ``seed`` (the lab itself for its own)."""
-    if seed == lab.warmup_cfg.seed:
-        return lab
-    from .lab import Lab
-
-    seeded = Lab(
-        lab.run_dir / "seeds" / f"warmup-seed-{seed}",
-        model=lab.model_name,
-        data=lab.data_cfg,
-        warmup=replace(lab.warmup_cfg, seed=seed),
-        gradients=lab.grad_cfg,
-        scoring=lab.score_cfg,
-        select=lab.select_cfg,
-        progress=lab.progress,
-    )
-    seeded.pool, seeded.targets = lab.pool, dict(lab.targets)
-    seeded.use_model(base_model_copy(lab), lab.tokenizer)
-    return seeded
-
-
 def select(
     lab, target: str, method: str, k: int, seed: int, *, dsir_resample: bool = True
 ) -> pl.DataFrame:
     """``rank, example_id, score, subtask`` of the ``k`` examples ``method`` picks."""
     cfg = SelectConfig(k=k)
     if method == "less":
-        top = _seed_lab(lab, seed).select(target, cfg)
+        top = lab.for_warmup_seed(seed).select(target, cfg).frame
     elif method == "full":
         top = (
             lab.pool.select("example_id")
@@ -79,10 +65,6 @@ def select(
             .with_row_index("rank", 1)
         )
     else:
-        from . import baselines
-        from .scoring import aggregate
-        from .selection import select_top
-
         pool, targets = lab.pool, lab.targets[target]
         if method == "dsir" and dsir_resample:
             top = baselines.dsir_resample(pool, targets, cfg, seed=seed)
@@ -135,10 +117,8 @@ def _run(
     """One (method, seed) cell, every stage cached in ``run_dir``."""
     sel_file = run_dir / "selection.parquet"
     if not sel_file.exists():
-        run_dir.mkdir(parents=True, exist_ok=True)
         sel = select(lab, target, method, k, seed, dsir_resample=dsir_resample)
-        sel.write_parquet(run_dir / "selection.parquet.tmp")
-        (run_dir / "selection.parquet.tmp").replace(sel_file)
+        write_parquet(sel_file, sel)
     sel = pl.read_parquet(sel_file)
     train = lab.pool.filter(pl.col("example_id").is_in(sel["example_id"].implode()))
     if target_model is None:
@@ -167,9 +147,9 @@ def _run(
     for name, fn in evals.items():
         if name not in cached["metrics"]:
             frame = fn(result.model, tok)
-            frame.write_parquet(run_dir / f"test_{name}.parquet")
+            write_parquet(run_dir / f"test_{name}.parquet", frame)
             cached["metrics"][name] = frame_metrics(frame, f"{name}_")
-            test_file.write_text(json.dumps(cached, indent=1))
+            write_json(test_file, cached)
     best = result.history.filter(pl.col("epoch") == result.best_epoch).row(0, named=True)
     row = {
         "method": method,
@@ -217,7 +197,7 @@ def compare(
         raise KeyError(f"the lab needs a pool and target {target!r} (have {list(lab.targets)})")
     train_cfg = train_cfg or lab.warmup_cfg.train
     evals, val_evals = dict(evals or {}), dict(val_evals or {})
-    out_dir = Path(out_dir) if out_dir is not None else lab.run_dir / "compare" / target
+    out_dir = Path(out_dir) if out_dir is not None else lab.layout.compare_dir(target)
     n = selection_size(lab.pool.height, SelectConfig(fraction=fraction, k=k))
     record_settings(
         out_dir / SETTINGS_FILE,
@@ -261,7 +241,7 @@ def compare(
                     token_budget=token_budget,
                 )
             )
-            pl.DataFrame(rows).write_parquet(out_dir / "runs.parquet")
+            write_parquet(out_dir / "runs.parquet", pl.DataFrame(rows))
     return summary_table(pl.DataFrame(rows))
 
 
@@ -292,104 +272,3 @@ def paper_table(table: pl.DataFrame, metrics: Sequence[str], digits: int = 2) ->
             cells.append(cell if std is None else f"{cell} ({std:.{digits}f})")
         out[row["method"]] = cells
     return pl.DataFrame(out)
-
-
-# --------------------------------------------------------------------------- CLI
-
-
-def add_compare_command(subparsers) -> argparse.ArgumentParser:
-    """``less-lab compare``: the stage flags of ``less-lab run`` plus the comparison's."""
-    p = subparsers.add_parser("compare", help="LESS vs baselines: select, fine-tune, evaluate")
-    p.add_argument("--run-dir", required=True, type=Path)
-    p.add_argument("--pool", nargs="+", required=True, help="pool JSONL files or dirs")
-    p.add_argument("--target", action="append", required=True, metavar="NAME=PATH")
-    p.add_argument("--model", default="smollm2-135m")
-    p.add_argument("--on-error", choices=["raise", "skip"], default="raise")
-    p.add_argument("--set", action="append", default=[], metavar="SECTION.FIELD=VALUE")
-    p.add_argument("--quiet", action="store_true")
-    p.add_argument("--methods", nargs="+", default=list(METHODS), choices=[*METHODS, "full"])
-    p.add_argument("--fraction", type=float, default=0.05)
-    p.add_argument("--k", type=int, default=None, help="exact selection size (wins over fraction)")
-    p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
-    p.add_argument("--include-full", action="store_true")
-    p.add_argument(
-        "--shared-warmup",
-        action="store_true",
-        help="one warmup for all LESS seeds (LESS then runs once)",
-    )
-    p.add_argument(
-        "--train-set",
-        action="append",
-        default=[],
-        metavar="FIELD=VALUE",
-        help="fine-tuning TrainConfig override, e.g. epochs=2 or lora.r=8 "
-        "(default: the warmup's training config)",
-    )
-    p.add_argument(
-        "--eval",
-        action="append",
-        default=[],
-        metavar="NAME=KIND:PATH",
-        help="test evaluation; KIND: mmlu, bbh, squad, tydiqa, gsm8k, "
-        "truthfulqa, mmlu-loss, bbh-loss, loss",
-    )
-    p.add_argument("--max-per-subtask", type=int, default=None)
-    p.add_argument("--out-dir", type=Path, default=None)
-    return p
-
-
-def _train_cfg(base: TrainConfig, sets: list[str]) -> TrainConfig:
-    from .cli import _parse_value, _replace_path
-
-    for item in sets:
-        key, sep, raw = item.partition("=")
-        if not sep:
-            raise SystemExit(f"--train-set {item!r}: expected FIELD=VALUE")
-        base = _replace_path(base, key.split("."), _parse_value(raw))
-    return base
-
-
-def _evals(specs: list[str], max_per_subtask: int | None, data_cfg) -> dict[str, EvalFn]:
-    out = {}
-    for spec in specs:
-        name, _, rest = spec.partition("=")
-        kind, sep, path = rest.partition(":")
-        if not name or not sep:
-            raise SystemExit(f"--eval {spec!r}: expected NAME=KIND:PATH")
-        out[name] = make_eval(kind, path, max_per_subtask=max_per_subtask, data_cfg=data_cfg)
-    return out
-
-
-def run_compare_command(args) -> int:
-    """Run ``compare`` for every ``--target`` and print its table."""
-    from .cli import _make_lab
-
-    lab = _make_lab(args)
-    train = _train_cfg(lab.warmup_cfg.train, args.train_set)
-    evals = _evals(args.eval, args.max_per_subtask, lab.data_cfg)
-    for name in lab.targets:
-        out = args.out_dir / name if args.out_dir else None
-        table = compare(
-            lab,
-            name,
-            methods=args.methods,
-            fraction=args.fraction,
-            k=args.k,
-            seeds=args.seeds,
-            train_cfg=train,
-            evals=evals,
-            include_full=args.include_full,
-            out_dir=out,
-            per_seed_warmup=not args.shared_warmup,
-        )
-        metrics = [
-            "val_loss",
-            *[
-                c[: -len("_mean")]
-                for c in table.columns
-                if c.endswith("_mean") and any(c.startswith(f"{e}_") for e in evals)
-            ],
-        ]
-        print(f"== {name}")
-        print(paper_table(table, metrics))
-    return 0

@@ -1,8 +1,17 @@
 """Every number a user might tune, as frozen dataclasses with documented defaults.
 
 Defaults follow the paper (Xia et al. 2024, §4-5 and appendix A.2) unless a field says
-otherwise. Each stage records the config that made its artifacts (``to_dict``) so that a
-cached artifact is refused when reused with different settings.
+otherwise. Each config validates its own fields when built (types, ranges, known
+literals) and raises :class:`~less_lab.errors.ConfigError` naming the key, the value and
+what is allowed, so a bad setting stops before any expensive stage. Each stage records
+the config that made its artifacts (``to_dict``) so that a cached artifact is refused
+when reused with different settings.
+
+Settings also come as text, ``section.field=value`` (the CLI's ``--set``, a notebook's
+list of overrides): :func:`build_configs` applies them on top of the defaults or of a
+named preset from :data:`PRESETS`.
+
+Base layer: imports nothing from less_lab but ``errors`` and ``_io``.
 """
 
 from __future__ import annotations
@@ -10,10 +19,14 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-import os
+import math
+import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
+
+from less_lab._io import write_json
+from less_lab.errors import ConfigError, SettingsMismatchError
 
 ChatFormat = Literal["tulu", "template"]
 Truncation = Literal["prompt_left", "prompt_middle", "right"]
@@ -22,8 +35,82 @@ ProjectionKind = Literal["sparse_sign", "rademacher", "trak_basic", "none"]
 ScoreMethod = Literal["paper", "mean_of_shots", "dot"]
 
 
+class _Validated:
+    """Checks every field against its annotation when the dataclass is built, then the
+    class's own range rules (``_rules``: ``(field, ok(value), what is allowed)``)."""
+
+    def __post_init__(self) -> None:
+        hints = typing.get_type_hints(type(self))
+        for f in dataclasses.fields(self):  # type: ignore[arg-type]
+            value = _coerce(f.name, getattr(self, f.name), hints[f.name])
+            object.__setattr__(self, f.name, value)
+        for name, ok, allowed in self._rules():
+            value = getattr(self, name)
+            if not ok(value):
+                raise ConfigError(f"{name}={value!r}: expected {allowed}", key=name)
+
+    def _rules(self) -> list[tuple[str, Any, str]]:
+        return []
+
+
+def _coerce(name: str, value: Any, hint: Any) -> Any:
+    """``value`` as ``hint`` wants it (int -> float, list -> tuple) or ConfigError."""
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin in (typing.Union, getattr(__import__("types"), "UnionType", None)):
+        if value is None and type(None) in args:
+            return None
+        (hint,) = [a for a in args if a is not type(None)]
+        return _coerce(name, value, hint)
+    if origin is Literal:
+        if value not in args:
+            raise ConfigError(
+                f"{name}={value!r}: expected one of {', '.join(map(repr, args))}", key=name
+            )
+        return value
+    if origin is tuple:
+        if not isinstance(value, list | tuple):
+            raise ConfigError(f"{name}={value!r}: expected a list", key=name)
+        if len(args) == 2 and args[1] is Ellipsis:
+            return tuple(_coerce(name, v, args[0]) for v in value)
+        if len(value) != len(args):
+            raise ConfigError(f"{name}={value!r}: expected {len(args)} values", key=name)
+        return tuple(_coerce(name, v, a) for v, a in zip(value, args, strict=True))
+    if hint is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{name}={value!r}: expected true or false", key=name)
+        return value
+    if hint is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{name}={value!r}: expected a whole number", key=name)
+        return value
+    if hint is float:
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise ConfigError(f"{name}={value!r}: expected a number", key=name)
+        if not math.isfinite(value):
+            raise ConfigError(f"{name}={value!r}: expected a finite number", key=name)
+        return float(value)
+    if hint is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{name}={value!r}: expected text", key=name)
+        return value
+    if dataclasses.is_dataclass(hint):
+        if isinstance(value, dict):
+            return from_dict(hint, value)
+        if not isinstance(value, hint):
+            raise ConfigError(f"{name}={value!r}: expected a {hint.__name__}", key=name)
+    return value
+
+
+def _positive(v: Any) -> bool:
+    return v > 0
+
+
+def _fraction(v: Any) -> bool:
+    return 0 < v <= 1
+
+
 @dataclass(frozen=True)
-class DataConfig:
+class DataConfig(_Validated):
     """How examples become token ids and completion-only labels."""
 
     chat_format: ChatFormat = "tulu"
@@ -37,9 +124,12 @@ class DataConfig:
     the prompt (from its start or its middle) so the completion survives; ``right`` is the
     reference code's behaviour (cut the end, which can remove the whole completion)."""
 
+    def _rules(self):
+        return [("max_length", lambda v: v >= 8, "at least 8 tokens")]
+
 
 @dataclass(frozen=True)
-class LoraSettings:
+class LoraSettings(_Validated):
     """LoRA adapter shape (appendix A.2: r=128, alpha=512, dropout 0.1, attention only)."""
 
     r: int = 128
@@ -47,9 +137,17 @@ class LoraSettings:
     dropout: float = 0.1
     target_modules: tuple[str, ...] = ("q_proj", "k_proj", "v_proj", "o_proj")
 
+    def _rules(self):
+        return [
+            ("r", _positive, "a rank >= 1"),
+            ("alpha", _positive, "a positive scale"),
+            ("dropout", lambda v: 0 <= v < 1, "a probability in [0, 1)"),
+            ("target_modules", bool, "at least one module name"),
+        ]
+
 
 @dataclass(frozen=True)
-class TrainConfig:
+class TrainConfig(_Validated):
     """LoRA training, used for the warmup and for fine-tuning on a selection."""
 
     epochs: int = 4
@@ -72,9 +170,21 @@ class TrainConfig:
     """Seed of the optimisation (data order, dropout, LoRA init)."""
     lora: LoraSettings = field(default_factory=LoraSettings)
 
+    def _rules(self):
+        return [
+            ("epochs", _positive, "at least 1 epoch (each epoch is one checkpoint)"),
+            ("learning_rate", _positive, "a positive learning rate"),
+            ("warmup_ratio", lambda v: 0 <= v < 1, "a fraction in [0, 1)"),
+            ("batch_size", _positive, "at least 1 example per step"),
+            ("token_budget", _positive, "a positive number of tokens"),
+            ("weight_decay", lambda v: v >= 0, "a value >= 0"),
+            ("betas", lambda v: all(0 <= b < 1 for b in v), "two values in [0, 1)"),
+            ("eps", _positive, "a positive epsilon"),
+        ]
+
 
 @dataclass(frozen=True)
-class WarmupConfig:
+class WarmupConfig(_Validated):
     """The warmup run on a random subset of the pool (§4.1 step 1)."""
 
     fraction: float = 0.05
@@ -83,9 +193,12 @@ class WarmupConfig:
     """Seed of the warmup subset draw (the reference code ignored it; we do not)."""
     train: TrainConfig = field(default_factory=TrainConfig)
 
+    def _rules(self):
+        return [("fraction", _fraction, "a share of the pool in (0, 1]")]
+
 
 @dataclass(frozen=True)
-class GradientConfig:
+class GradientConfig(_Validated):
     """Per-example gradient features and their random projection (§4.1 step 2)."""
 
     proj_dim: int = 8192
@@ -111,10 +224,28 @@ class GradientConfig:
     ``m / (sqrt(v) + eps)``."""
     store_dtype: Literal["float32", "float16"] = "float32"
     """On-disk dtype of the features (fp16 halves the store; the paper's 17.7 GB)."""
+    pool_feature: FeatureKind = "adam"
+    """Gradient feature of pool examples: ``adam`` (the paper's Γ, Def. 3.1), ``sgd``
+    (the raw gradient, Table 5's ablation) or ``sign``."""
+    target_feature: FeatureKind = "sgd"
+    """Gradient feature of target examples: ``sgd`` (the paper: targets are never
+    preconditioned)."""
+
+    def _rules(self):
+        return [
+            ("proj_dim", _positive, "a positive dimension"),
+            ("sparse_nnz", _positive, "at least 1 non-zero per coordinate"),
+            ("token_budget", _positive, "a positive number of tokens"),
+            ("max_batch_examples", _positive, "at least 1 example per batch"),
+        ]
+
+    def feature(self, split: str) -> FeatureKind:
+        """The feature kind of ``split`` (``"pool"`` or a target name)."""
+        return self.pool_feature if split == "pool" else self.target_feature
 
 
 @dataclass(frozen=True)
-class ScoreConfig:
+class ScoreConfig(_Validated):
     """Turning features into one score per pool example (§4.2, Eq. 2)."""
 
     method: ScoreMethod = "paper"
@@ -128,15 +259,111 @@ class ScoreConfig:
     chunk_rows: int = 16384
     """Pool rows read per chunk while scoring: bounds memory on paper-scale stores."""
 
+    def _rules(self):
+        return [("chunk_rows", _positive, "at least 1 row per chunk")]
+
 
 @dataclass(frozen=True)
-class SelectConfig:
+class SelectConfig(_Validated):
     """How many examples to keep."""
 
     fraction: float | None = 0.05
     """Share of the pool to select (paper: 5%). Ignored when ``k`` is set."""
     k: int | None = None
     """Exact number of examples to select."""
+
+    def _rules(self):
+        return [
+            ("fraction", lambda v: v is None or _fraction(v), "a share of the pool in (0, 1]"),
+            ("k", lambda v: v is None or v >= 1, "at least 1 example"),
+            ("fraction", lambda v: v is not None or self.k is not None, "fraction or k"),
+        ]
+
+    def size(self, n: int) -> int:
+        """How many of ``n`` pool examples to keep (at least 1); ``k > n`` is refused."""
+        if self.k is not None:
+            if self.k > n:
+                raise ConfigError(
+                    f"select.k={self.k}: expected at most the pool size ({n})", key="select.k"
+                )
+            return self.k
+        return max(1, round(self.fraction * n))
+
+
+SECTIONS: dict[str, type] = {
+    "data": DataConfig,
+    "warmup": WarmupConfig,
+    "gradients": GradientConfig,
+    "scoring": ScoreConfig,
+    "select": SelectConfig,
+}
+"""The config sections a run has, by the name ``--set`` uses."""
+
+PRESETS: dict[str, list[str]] = {
+    "paper": [],
+    "cpu-demo": [
+        "data.max_length=128",
+        "warmup.fraction=0.2",
+        "warmup.train.batch_size=8",
+        "warmup.train.learning_rate=0.0001",
+        "warmup.train.lora.r=8",
+        "warmup.train.lora.alpha=32",
+        "select.fraction=0.1",
+    ],
+}
+"""Named starting points: ``paper`` (the defaults) and ``cpu-demo`` (what ``less-lab demo``
+runs with on 2 CPU cores: short sequences, LoRA r=8, a larger warmup share with small
+batches and a higher learning rate so a short warmup moves the adapter, and a 10%
+selection so shares are readable)."""
+
+
+def parse_value(text: str) -> Any:
+    """A ``--set`` value: JSON when it parses (numbers, lists, true/false/null), else text."""
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError:
+        return text
+
+
+def replace_path(cfg: Any, path: list[str], value: Any, prefix: str = "") -> Any:
+    """``dataclasses.replace`` along a dotted path; unknown fields and bad values raise
+    ConfigError naming the whole key."""
+    names = sorted(f.name for f in dataclasses.fields(cfg))
+    key = prefix + path[0]
+    if path[0] not in names:
+        raise ConfigError(
+            f"{key}: {type(cfg).__name__} has no field {path[0]!r} (fields: {', '.join(names)})",
+            key=key,
+        )
+    if len(path) > 1:
+        sub = getattr(cfg, path[0])
+        if not dataclasses.is_dataclass(sub):
+            raise ConfigError(f"{key} is a value, not a section", key=key)
+        value = replace_path(sub, path[1:], value, key + ".")
+    try:
+        return dataclasses.replace(cfg, **{path[0]: value})
+    except ConfigError as err:
+        raise err.under(prefix) from None
+
+
+def build_configs(sets: list[str] | tuple[str, ...] = (), preset: str = "paper") -> dict:
+    """The configs of every section: ``preset``'s settings, then ``sets`` on top, each
+    ``section.field=value`` (nested fields with dots: ``warmup.train.lora.r=8``)."""
+    if preset not in PRESETS:
+        raise ConfigError(f"preset {preset!r}: expected one of {', '.join(PRESETS)}", key="preset")
+    configs = {name: cls() for name, cls in SECTIONS.items()}
+    for item in [*PRESETS[preset], *sets]:
+        key, sep, raw = item.partition("=")
+        parts = key.strip().split(".")
+        if not sep or parts[0] not in SECTIONS or len(parts) < 2:
+            raise ConfigError(
+                f"{item!r}: expected section.field=value with section one of {', '.join(SECTIONS)}",
+                key=key,
+            )
+        configs[parts[0]] = replace_path(
+            configs[parts[0]], parts[1:], parse_value(raw.strip()), parts[0] + "."
+        )
+    return configs
 
 
 def to_dict(cfg: Any) -> dict[str, Any]:
@@ -145,7 +372,7 @@ def to_dict(cfg: Any) -> dict[str, Any]:
 
 
 def fingerprint(obj: Any) -> str:
-    """Stable short hash of a config or any JSON-serialisable value."""
+    """Stable short hash of a config or any JSON-serialisable value (sorted keys)."""
     if dataclasses.is_dataclass(obj):
         obj = to_dict(obj)
     blob = json.dumps(obj, sort_keys=True, separators=(",", ":")).encode()
@@ -154,50 +381,43 @@ def fingerprint(obj: Any) -> str:
 
 def from_dict(cls: type, data: dict[str, Any]) -> Any:
     """Rebuild a (nested) config dataclass from ``to_dict`` output; unknown keys fail."""
-    kwargs = {}
-    fields = {f.name: f for f in dataclasses.fields(cls)}
-    for key, value in data.items():
-        if key not in fields:
-            raise ValueError(f"{cls.__name__} has no field {key!r}")
-        ftype = fields[key].type
-        sub = _DATACLASSES.get(ftype if isinstance(ftype, str) else getattr(ftype, "__name__", ""))
-        if sub is not None and isinstance(value, dict):
-            value = from_dict(sub, value)
-        elif isinstance(value, list):
-            value = tuple(value)
-        kwargs[key] = value
-    return cls(**kwargs)
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - names)
+    if unknown:
+        raise ConfigError(
+            f"{cls.__name__} has no field {unknown[0]!r} (fields: {', '.join(sorted(names))})",
+            key=unknown[0],
+        )
+    return cls(**data)  # nested dicts and lists are coerced by the field checks
 
 
-_DATACLASSES = {
-    "LoraSettings": LoraSettings,
-    "TrainConfig": TrainConfig,
-    "DataConfig": DataConfig,
-    "GradientConfig": GradientConfig,
-}
+def settings_diff(old: Any, new: Any, prefix: str = "") -> list[str]:
+    """One line per differing leaf setting: ``key: on disk X, now Y`` (nested dicts are
+    walked, so the line names the innermost key)."""
+    if isinstance(old, dict) and isinstance(new, dict):
+        lines = []
+        for k in sorted(set(old) | set(new)):
+            lines += settings_diff(old.get(k), new.get(k), f"{prefix}{k}.")
+        return lines
+    if old == new:
+        return []
+    return [f"  {prefix.rstrip('.')}: on disk {old!r}, now {new!r}"]
 
 
 def record_settings(
     path: Path, settings: dict, refused: str = "existing run was made with different settings"
 ) -> None:
     """Write ``settings`` (what made a run) to ``path``, or, when ``path`` exists, refuse to
-    continue a run recorded with other settings: ``ValueError`` names the file, ``refused``
-    and every differing key as ``(on disk, now)``. The write is atomic (a kill never leaves
-    half a file)."""
+    continue a run recorded with other settings: :class:`SettingsMismatchError` names the
+    file, ``refused`` and every differing key with both values. The write is atomic."""
     settings = json.loads(json.dumps(settings))
+    path = Path(path)
     if path.exists():
         old = json.loads(path.read_text())
-        if old != settings:
-            diff = {
-                k: (old.get(k), settings.get(k))
-                for k in sorted(set(old) | set(settings))
-                if old.get(k) != settings.get(k)
-            }
-            raise ValueError(
-                f"{path}: {refused} (key: (on disk, now)) {diff}; use another directory"
+        lines = settings_diff(old, settings)
+        if lines:
+            raise SettingsMismatchError(
+                f"{path}: {refused}:\n" + "\n".join(lines) + "\nUse another directory."
             )
         return
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(settings, indent=1, sort_keys=True))
-    os.replace(tmp, path)
+    write_json(path, settings)

@@ -13,32 +13,21 @@ rate so a short warmup moves the adapter, and a 10% selection so shares are read
 from __future__ import annotations
 
 import time
-from dataclasses import replace
 from pathlib import Path
 
 import polars as pl
 
-from .cli import build_configs
-from .config import LoraSettings
+from less_lab.config import PRESETS, build_configs
+from less_lab.data.demo_pool import DEMO_SKILLS, demo_pool, demo_targets, write_demo
+from less_lab.lab import Lab
 
-DEMO_SETS = [
-    "data.max_length=128",
-    "warmup.fraction=0.2",
-    "warmup.train.batch_size=8",
-    "warmup.train.learning_rate=0.0001",
-    "select.fraction=0.1",
-]
+PRESET = "cpu-demo"
 
 
 def demo_configs(overrides: list[str] | None = None) -> dict:
-    """Paper defaults + the demo's CPU-sized settings + the user's overrides."""
-    configs = build_configs(DEMO_SETS + list(overrides or []))
-    warm = configs["warmup"]
-    if not any(o.startswith("warmup.train.lora") for o in overrides or []):
-        configs["warmup"] = replace(
-            warm, train=replace(warm.train, lora=LoraSettings(r=8, alpha=32))
-        )
-    return configs
+    """Paper defaults + the ``cpu-demo`` preset (``config.PRESETS``) + the user's
+    overrides."""
+    return build_configs(list(overrides or []), preset=PRESET)
 
 
 def _share(frame: pl.DataFrame, col: str) -> pl.DataFrame:
@@ -84,9 +73,6 @@ def run_demo(
     out_dir: str | Path = "runs/demo", overrides: list[str] | None = None, progress: bool = True
 ):
     """Run the whole pipeline on the demo data, print what was selected and why."""
-    from .demo_data import DEMO_SKILLS, demo_pool, demo_targets, write_demo
-    from .lab import Lab
-
     start = time.time()
     c = demo_configs(overrides)
     lab = Lab(
@@ -98,7 +84,7 @@ def run_demo(
         select=c["select"],
         progress=progress,
     )
-    pool_file, target_file = write_demo(lab.run_dir / "data")
+    pool_file, target_file = write_demo(lab.layout.data_dir)
     lab.set_pool(demo_pool())
     lab.add_target("demo", demo_targets())
     print(f"Demo pool: {lab.pool.height} examples ({pool_file}), skills:")
@@ -113,14 +99,14 @@ def run_demo(
         )
     )
     print(
-        f"Settings: {', '.join(DEMO_SETS)}, LoRA r={lab.warmup_cfg.train.lora.r}; "
+        f"Settings: {', '.join(PRESETS[PRESET] + list(overrides or []))}; "
         f"projection {lab.grad_cfg.projection} d={lab.grad_cfg.proj_dim}\n"
     )
 
     for ckpt in lab.warmup():
         print(f"warmup epoch {ckpt.epoch}: mean lr {ckpt.lr:.2e}, train loss {ckpt.train_loss:.3f}")
-    top = lab.select("demo")
-    top = top.join(lab.pool.select("example_id", "messages"), on="example_id", how="left")
+    sel = lab.select("demo")
+    top = sel.frame.join(lab.pool.select("example_id", "messages"), on="example_id", how="left")
     print(f"\nTop 10 of {top.height} selected (score = max over subtasks of lr-weighted cosine):")
     for row in top.head(10).iter_rows(named=True):
         prompt = row["messages"][0]["content"].replace("\n", " ")[:70]
@@ -140,7 +126,7 @@ def run_demo(
         "'selection shape' diagnostics; a balanced selection is the remedy)."
     )
     print(f"\nOutputs in {lab.run_dir.resolve()}:")
-    for name, path in lab.last_paths.items():
+    for name, path in sel.paths.items():
         print(f"  {name:10s} {path}")
     print(f"  stores     {lab.run_dir / 'stores'}\n  warmup     {lab.run_dir / 'warmup'}")
     print(f"Done in {time.time() - start:.0f} s.")

@@ -5,34 +5,77 @@
     lab.add_target("mmlu", "data/eval/mmlu")     # LESS layouts or JSONL with `subtask`
     lab.warmup()                                 # LoRA checkpoints + Adam moments
     scores = lab.scores("mmlu")                  # one row per pool example
-    top = lab.select("mmlu")                     # writes selections/mmlu/selected.jsonl
+    sel = lab.select("mmlu")                     # a Selection: .frame, .paths, .reliability
 
-Every stage writes under the run directory and is reused when asked again with the same
-settings; a stage made with other settings is refused with both values named.
+Every stage writes under the run directory (:class:`~less_lab.layout.RunLayout`) and is
+reused when asked again with the same settings; a stage made with other settings is
+refused with both values named. ``lab.json`` records what the run is (model, data and
+warmup settings) once, when the warmup first runs; a ``Lab`` built on that directory
+with other run settings is refused at once. Gradient, scoring and selection settings are
+variants: each gets its own stores and selection folder.
+
+Facade layer: imports every layer below; nothing below imports it.
 """
 
 from __future__ import annotations
 
 import json
 import warnings
-from dataclasses import replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Any
 
 import polars as pl
 
-from . import pipeline
-from .config import (
+from less_lab._version import __version__
+from less_lab.checks.adam_health import adam_health
+from less_lab.checks.diagnostics import summary
+from less_lab.checks.reliability import Reliability, split_half
+from less_lab.compare import compare as run_compare
+from less_lab.config import (
     DataConfig,
     GradientConfig,
     ScoreConfig,
     SelectConfig,
     WarmupConfig,
     fingerprint,
+    record_settings,
+    settings_diff,
     to_dict,
 )
-from .datastore import Store
-from .selection import select_top, write_selection
-from .training import Checkpoint
+from less_lab.core import pipeline
+from less_lab.core.datastore import Store, open_store, stats_frame
+from less_lab.core.selection import select_balanced, select_top, selection_report, write_selection
+from less_lab.core.training import Checkpoint
+from less_lab.data.formatting import tokenize
+from less_lab.data.pool import read_pool
+from less_lab.data.targets import read_targets
+from less_lab.errors import ConfigError, DataError, SettingsMismatchError
+from less_lab.evaluate.finetune import clean_copy
+from less_lab.layout import RunLayout, check_name
+from less_lab.model.loading import load_model, model_fingerprint
+from less_lab.model.lora import add_lora
+from less_lab.views.widgets import explore as explore_views
+
+
+@dataclass(frozen=True)
+class Selection:
+    """What ``Lab.select`` made: the selected rows, where they were written, the
+    split-half reliability checked with them (None for exact features) and the long
+    per-subtask scores they were picked from."""
+
+    target: str
+    frame: pl.DataFrame
+    paths: dict[str, Path]
+    reliability: Reliability | None = None
+    scores: pl.DataFrame | None = field(default=None, repr=False)
+
+    @property
+    def directory(self) -> Path:
+        return self.paths["selected"].parent
+
+    def __len__(self) -> int:
+        return self.frame.height
 
 
 class Lab:
@@ -50,7 +93,7 @@ class Lab:
         select: SelectConfig = SelectConfig(),
         progress: bool = True,
     ):
-        self.run_dir = Path(run_dir)
+        self.layout = RunLayout(Path(run_dir))
         self.model_name = model
         self.data_cfg, self.warmup_cfg, self.grad_cfg = data, warmup, gradients
         self.score_cfg, self.select_cfg = scoring, select
@@ -61,20 +104,52 @@ class Lab:
         self._tokenized: dict[str, pl.DataFrame] = {}
         self._model = self._tokenizer = self._peft = None
         self._model_fp = ""
-        self.run_dir.mkdir(parents=True, exist_ok=True)
-        (self.run_dir / "lab.json").write_text(json.dumps(self.settings(), indent=1))
+        self._check_recorded_run()
 
     # ----------------------------------------------------------------- configuration
-    def settings(self) -> dict:
-        """All configs as one JSON-ready dict (recorded in ``lab.json``)."""
+    @property
+    def run_dir(self) -> Path:
+        return self.layout.root
+
+    def run_settings(self) -> dict:
+        """What the run directory is: model, data and warmup settings (``lab.json``)."""
         return {
             "model": self.model_name,
             "data": to_dict(self.data_cfg),
             "warmup": to_dict(self.warmup_cfg),
+        }
+
+    def settings(self) -> dict:
+        """All configs as one JSON-ready dict (the run's plus the variant's)."""
+        return {
+            **self.run_settings(),
             "gradients": to_dict(self.grad_cfg),
             "scoring": to_dict(self.score_cfg),
             "select": to_dict(self.select_cfg),
         }
+
+    def _check_recorded_run(self) -> None:
+        """Refuse at once a run directory recorded with other run settings."""
+        path = self.layout.lab_json
+        if not path.exists():
+            return
+        recorded = json.loads(path.read_text())
+        recorded.pop("package_version", None)
+        lines = settings_diff(recorded, self.run_settings())
+        if lines:
+            raise SettingsMismatchError(
+                f"{path}: this run directory was made with other settings:\n"
+                + "\n".join(lines)
+                + "\nUse another run directory (gradient, scoring and selection settings "
+                "may change freely: they are variants)."
+            )
+
+    def _record_run(self) -> None:
+        record_settings(
+            self.layout.lab_json,
+            {**self.run_settings(), "package_version": __version__},
+            refused="this run directory was made with other settings",
+        )
 
     def __repr__(self) -> str:
         lines = [f"Lab({str(self.run_dir)!r}, model={self.model_name!r})"]
@@ -94,23 +169,26 @@ class Lab:
     # -------------------------------------------------------------------------- data
     def load_pool(self, paths, *, on_error: str = "raise") -> pl.DataFrame:
         """Read the candidate pool (files or directories of JSONL)."""
-        from .data import read_pool
-
         return self.set_pool(read_pool(paths, on_error=on_error))
 
     def set_pool(self, frame: pl.DataFrame) -> pl.DataFrame:
-        """Use an already-read pool frame (e.g. ``demo_data.demo_pool()``)."""
+        """Use an already-read pool frame (e.g. ``demo_pool()``); an empty pool and a
+        ``select.k`` larger than the pool are refused here, before any work."""
+        if frame.height == 0:
+            raise DataError("the pool is empty (no example was read)", expected="examples")
+        self.select_cfg.size(frame.height)
         self.pool = frame
         self._tokenized.pop("pool", None)
         return frame
 
     def add_target(self, name: str, source) -> pl.DataFrame:
         """Register a target: a path in a LESS layout / JSONL, or a frame with ``subtask``."""
-        from .targets import read_targets
-
-        if name == "pool" or "/" in name:
-            raise ValueError(f"target name {name!r} is reserved or not a plain name")
+        if name == "pool":
+            raise ConfigError("target name 'pool' is reserved for the pool", key="target")
+        check_name(name, "target")
         frame = source if isinstance(source, pl.DataFrame) else read_targets(source)
+        if frame.height == 0:
+            raise DataError(f"target {name!r} has no examples", expected="examples")
         self.targets[name] = frame
         self._tokenized.pop(name, None)
         return frame
@@ -118,14 +196,23 @@ class Lab:
     def tokenized(self, split: str) -> pl.DataFrame:
         """Tokenized pool (``"pool"``) or target; dropped examples land in ``self.dropped``."""
         if split not in self._tokenized:
-            from .formatting import tokenize
-
             frame = self.pool if split == "pool" else self.targets.get(split)
             if frame is None:
                 raise KeyError(f"no {split!r} data: call load_pool/add_target first")
             tok, dropped = tokenize(frame, self.tokenizer, self.data_cfg)
+            if tok.height == 0:
+                raise DataError(
+                    f"{split}: all {frame.height} examples were dropped by tokenization "
+                    f"(max_length={self.data_cfg.max_length})",
+                    expected="examples that fit data.max_length",
+                )
             self._tokenized[split], self.dropped[split] = tok, dropped
         return self._tokenized[split]
+
+    def cached_tokenized(self, split: str) -> pl.DataFrame | None:
+        """``split`` tokenized if that already happened in this session, else None (never
+        tokenizes: views use it to stay cheap)."""
+        return self._tokenized.get(split)
 
     # ------------------------------------------------------------------------- model
     @property
@@ -138,8 +225,6 @@ class Lab:
         """The selection model with its LoRA adapter (PEFT), loaded on first use."""
         self._load_model()
         if self._peft is None:
-            from .lora import add_lora
-
             train = self.warmup_cfg.train
             self._peft = add_lora(self._model, train.lora, seed=train.seed)
         return self._peft
@@ -150,67 +235,59 @@ class Lab:
         self._load_model()
         return self._peft if self._peft is not None else self._model
 
-    def cached_tokenized(self, split: str) -> pl.DataFrame | None:
-        """``split`` tokenized if that already happened in this session, else None (never
-        tokenizes: views use it to stay cheap)."""
-        return self._tokenized.get(split)
-
     def _load_model(self) -> None:
         if self._model is None:
-            from .models import load_model, model_fingerprint
-
             self._model, self._tokenizer = load_model(self.model_name)
             self._model_fp = model_fingerprint(self._model)
 
     def use_model(self, model, tokenizer) -> None:
-        """Use an in-memory model (e.g. ``less_lab.tiny``) instead of loading by name."""
-        from .models import model_fingerprint
-
+        """Use an in-memory model (e.g. ``tiny_llama()``) instead of loading by name."""
         self._model, self._tokenizer, self._peft = model, tokenizer, None
         self._model_fp = model_fingerprint(model)
         self._tokenized.clear()
 
     # ------------------------------------------------------------------------ stages
     def warmup(self) -> list[Checkpoint]:
-        """Warmup LoRA training (cached per epoch; resumes after an interruption)."""
-        return pipeline.warmup(
+        """Warmup LoRA training (cached per epoch; resumes after an interruption; refuses a
+        warmup on disk made with other settings, data or model)."""
+        tokenized = self.tokenized("pool")
+        ckpts = pipeline.warmup(
             self.model,
-            self.tokenized("pool"),
+            tokenized,
             self.warmup_cfg,
-            self.run_dir / "warmup",
+            self.layout.warmup_dir,
             pad_id=self.tokenizer.pad_token_id,
             model_fingerprint=self._model_fp,
             progress=self.progress,
         )
+        self._record_run()
+        return ckpts
 
     def checkpoints(self) -> list[Checkpoint]:
         """Finished warmup checkpoints on disk (empty before ``warmup``)."""
-        root = self.run_dir / "warmup"
-        found = sorted(root.glob("epoch-*/state.json"), key=lambda p: int(p.parent.name[6:]))
-        return [Checkpoint.load(p.parent) for p in found]
+        return [Checkpoint.load(d) for d in self.layout.checkpoint_dirs()]
 
-    def store_dirs(self, split: str, feature: str | None = None) -> list[Path]:
+    def store_dirs(self, split: str) -> list[Path]:
         """Where ``split``'s gradient stores live, one per warmup checkpoint (built or not);
         the name carries the feature kind, projection and a fingerprint of its settings."""
         g = self.grad_cfg
-        feature = feature or ("adam" if split == "pool" else "sgd")
-        tag = f"{feature}-{g.projection}-d{g.proj_dim}-s{g.proj_seed}-{fingerprint(g)[:6]}"
-        return [self.run_dir / "stores" / split / c.path.name / tag for c in self.checkpoints()]
+        tag = f"{g.feature(split)}-{g.projection}-d{g.proj_dim}-s{g.proj_seed}-{fingerprint(g)[:6]}"
+        return [self.layout.store_dir(split, c.path.name, tag) for c in self.checkpoints()]
 
-    def datastore(self, split: str = "pool", feature: str | None = None) -> list[Store]:
-        """Gradient features of ``split`` at every checkpoint (pool: ``adam``; targets:
-        ``sgd``, as in the paper). Built once, resumed if interrupted, then reused."""
-        ckpts = self.checkpoints() or self.warmup()
-        feature = feature or ("adam" if split == "pool" else "sgd")
+    def datastore(self, split: str = "pool") -> list[Store]:
+        """Gradient features of ``split`` at every checkpoint (``gradients.pool_feature``
+        for the pool, ``gradients.target_feature`` for targets: adam / sgd as in the
+        paper). Built once, resumed if interrupted, then reused."""
+        ckpts = self.warmup()
         stores = []
-        for ckpt, path in zip(ckpts, self.store_dirs(split, feature), strict=True):
+        for ckpt, path in zip(ckpts, self.store_dirs(split), strict=True):
             stores.append(
                 pipeline.extract_store(
                     self.model,
                     self.tokenized(split),
                     path,
                     split=split,
-                    feature=feature,
+                    feature=self.grad_cfg.feature(split),
                     cfg=self.grad_cfg,
                     checkpoint=ckpt,
                     pad_id=self.tokenizer.pad_token_id,
@@ -220,70 +297,100 @@ class Lab:
             )
         return stores
 
-    def subtask_scores(self, target: str, feature: str | None = None) -> pl.DataFrame:
+    def subtask_scores(self, target: str) -> pl.DataFrame:
         """Long frame ``example_id, source, subtask, score`` (one row per subtask)."""
-        return self._score(target, feature)[0]
+        return self._score(target)[0]
 
-    def scores(self, target: str, feature: str | None = None) -> pl.DataFrame:
+    def scores(self, target: str) -> pl.DataFrame:
         """One row per pool example: best subtask and its score (paper: max over subtasks)."""
-        return self._score(target, feature)[1]
+        return self._score(target)[1]
 
-    def _score(self, target: str, feature: str | None):
-        pool_stores = self.datastore("pool", feature)
+    def _score(self, target: str) -> tuple[pl.DataFrame, pl.DataFrame]:
+        self._target(target)
+        pool_stores = self.datastore("pool")
         target_stores = self.datastore(target)
         lrs = [c.lr for c in self.checkpoints()]
         return pipeline.score(
             pool_stores, target_stores, self.targets[target], lrs, self.score_cfg, self.pool
         )
 
-    def select(
-        self, target: str, cfg: SelectConfig | None = None, *, feature: str | None = None
-    ) -> pl.DataFrame:
-        """Top examples for ``target``; writes ``selection_dir(target)`` (jsonl + parquet)."""
+    def _target(self, target: str) -> pl.DataFrame:
+        if target not in self.targets:
+            raise KeyError(f"no target {target!r} (have {sorted(self.targets)}): add_target first")
+        return self.targets[target]
+
+    def select(self, target: str, cfg: SelectConfig | None = None) -> Selection:
+        """Top examples for ``target``, checked for split-half reliability (a warning
+        below 0.8); written to ``selection_dir(target)`` (jsonl in the pool's format,
+        parquet, scores)."""
         cfg = cfg or self.select_cfg
-        long, agg = self._score(target, feature)
+        long, agg = self._score(target)
         top = select_top(agg, cfg)
-        rel = self.reliability(target, feature)  # split-half check with every LESS selection
-        self.last_reliability = rel
+        rel = self.reliability(target)
         if rel is not None and rel.r_full < 0.8:
             warnings.warn(f"{target}: {rel.text()}", stacklevel=2)
         top = top.join(
             self.pool.select("example_id", *self._extra_pool_columns()), on="example_id", how="left"
         )
-        self.last_paths = write_selection(
-            top, self.pool, self.selection_dir(target, feature), scores=long
+        out = self.selection_dir(target, cfg=cfg)
+        paths = self._write_selection(top, out, long, cfg)
+        return Selection(target, top, paths, rel, long)
+
+    def _write_selection(self, top, out: Path, long, cfg: SelectConfig) -> dict[str, Path]:
+        record_settings(
+            out / "settings.json",
+            {**self.settings(), "select": to_dict(cfg), "pool_size": self.pool.height},
+            refused="this selection folder was made with other settings",
         )
-        return top
+        return write_selection(top, self.pool, out, scores=long)
 
     def selection_dir(
-        self, target: str, feature: str | None = None, balanced: bool = False
+        self, target: str, balanced: bool = False, cfg: SelectConfig | None = None
     ) -> Path:
-        """Where ``select`` writes: ``selections/<target>`` for the paper's scoring, with the
-        scoring method, aggregation and pool feature appended when they differ from the
-        defaults (``selections/bbh-dot``), so variants never overwrite each other."""
-        parts = [target]
+        """Where ``select`` writes: ``selections/<target>[-method][-aggregate][-feature]
+        [-balanced]-<fingerprint>``. The readable parts say what differs from the paper;
+        the fingerprint covers every setting that made it (run, gradients, scoring,
+        selection), so variants never overwrite each other."""
+        parts = [check_name(target, "target")]
         if self.score_cfg.method != "paper":
             parts.append(self.score_cfg.method)
         if self.score_cfg.aggregate != "max":
             parts.append(self.score_cfg.aggregate)
-        if feature not in (None, "adam"):
-            parts.append(feature)
+        if self.grad_cfg.pool_feature != "adam":
+            parts.append(self.grad_cfg.pool_feature)
         if balanced:
             parts.append("balanced")
-        return self.run_dir / "selections" / "-".join(parts)
+        key = {**self.settings(), "select": to_dict(cfg or self.select_cfg)}
+        parts.append(fingerprint(key)[:8])
+        return self.layout.selection_dir("-".join(parts))
 
     def compare(self, target: str, **kwargs) -> pl.DataFrame:
         """The paper's Table 3 for ``target``: select with LESS and the baselines, fine-tune,
-        evaluate, mean and std over seeds (``compare.compare``; resumable)."""
-        from .compare import compare
+        evaluate, mean and std over seeds (``less_lab.compare.compare``; resumable)."""
+        return run_compare(self, target, **kwargs)
 
-        return compare(self, target, **kwargs)
+    def for_warmup_seed(self, seed: int) -> Lab:
+        """The same run with its warmup subset drawn with ``seed`` (its own run directory
+        under ``seeds/``, the same pool, targets and a clean copy of the base model)."""
+        if seed == self.warmup_cfg.seed:
+            return self
+        seeded = Lab(
+            self.layout.seed_run(seed).root,
+            model=self.model_name,
+            data=self.data_cfg,
+            warmup=replace(self.warmup_cfg, seed=seed),
+            gradients=self.grad_cfg,
+            scoring=self.score_cfg,
+            select=self.select_cfg,
+            progress=self.progress,
+        )
+        seeded.pool, seeded.targets = self.pool, dict(self.targets)
+        seeded.use_model(clean_copy(self.loaded_model()), self.tokenizer)
+        return seeded
 
-    def reliability(self, target: str, feature: str | None = None):
+    def reliability(self, target: str) -> Reliability | None:
         """Split-half projection reliability of ``target``'s scores (None for exact features)."""
-        from .reliability import split_half
-
-        pool_stores = self.datastore("pool", feature)
+        pool_stores = self.datastore("pool")
         if pool_stores[0].meta["projection"]["kind"] == "none":
             return None
         return split_half(
@@ -302,45 +409,29 @@ class Lab:
         *,
         mode: str = "round_robin",
         cap: int | None = None,
-        feature: str | None = None,
-    ) -> pl.DataFrame:
-        """Like ``select`` but spread over subtasks; writes ``selections/<target>-balanced/``
-        (see ``selection_dir``)."""
-        from .selection import select_balanced
-
+    ) -> Selection:
+        """Like ``select`` but spread over subtasks; writes its own folder (see
+        ``selection_dir``)."""
         cfg = cfg or self.select_cfg
-        long, _ = self._score(target, feature)
+        long, _ = self._score(target)
         top = select_balanced(long, cfg, mode=mode, cap=cap)
-        self.last_paths = write_selection(
-            top, self.pool, self.selection_dir(target, feature, balanced=True), scores=long
-        )
-        return top
+        out = self.selection_dir(target, balanced=True, cfg=cfg)
+        return Selection(target, top, self._write_selection(top, out, long, cfg), None, long)
 
-    def diagnostics(
-        self,
-        target: str,
-        selection: pl.DataFrame | None = None,
-        *,
-        feature: str | None = None,
-        adam_sample: int = 8,
-    ):
+    def diagnostics(self, target: str, selection: Selection | None = None, *, adam_sample: int = 8):
         """Can this selection be trusted? Reliability, Adam health, selection shape,
-        truncation (``diagnostics.summary``; ``print`` it or use ``.frames()``)."""
-        from .adam_health import adam_health
-        from .diagnostics import summary
-        from .selection import selection_report
-
-        if selection is None:
-            selection = self.select(target, feature=feature)
-            rel = self.last_reliability  # made by select: the same stores and configs
-        else:
-            rel = self.reliability(target, feature)
+        truncation (``checks.diagnostics.summary``; ``print`` it or use ``.frames()``).
+        Reuses the split-half check of ``selection`` (made by ``select``)."""
+        selection = selection if selection is not None else self.select(target)
         tok = self.tokenized("pool")
         report = selection_report(
-            selection, self.pool, tok, subtasks=sorted(self.targets[target]["subtask"].unique())
+            selection.frame,
+            self.pool,
+            tok,
+            subtasks=sorted(self.targets[target]["subtask"].unique()),
         )
         adam = None
-        if (feature or "adam") == "adam":
+        if self.grad_cfg.pool_feature == "adam":
             adam = adam_health(
                 self.checkpoints(),
                 self.grad_cfg,
@@ -350,7 +441,7 @@ class Lab:
                 sample=adam_sample,
             )
         return summary(
-            self.datastore("pool", feature),
+            self.datastore("pool"),
             self.datastore(target),
             self.targets[target],
             [c.lr for c in self.checkpoints()],
@@ -361,26 +452,46 @@ class Lab:
             tokenized_pool=tok,
             dropped=self.dropped.get("pool"),
             pool=self.pool,
-            reliability=rel,
+            reliability=selection.reliability,
         )
 
     def exact(self) -> Lab:
         """This run with unprojected features (projection='none'): exact cosines to compare."""
         return self.with_config(gradients=replace(self.grad_cfg, projection="none"))
 
-    def explore(self, target: str, **views):
-        """Interactive views of a finished selection (``widgets.explore``): top/negative
-        examples, similarity curves, subset distribution, lengths, neighbours."""
-        from .widgets import explore
+    def explore(self, target: str, **views: Any):
+        """Interactive views of a finished selection: top/negative examples, similarity
+        curves, subset distribution, lengths, neighbours (``views.widgets.explore``).
+        Reads the scores and selection ``select`` wrote; never recomputes a stage."""
+        out = self.selection_dir(target)
+        if not (out / "scores.parquet").exists():
+            raise FileNotFoundError(
+                f"{out / 'scores.parquet'} not found: run lab.select({target!r})"
+            )
+        tokenized = views.pop("tokenized", None)
+        tokenized = tokenized if tokenized is not None else self.cached_tokenized("pool")
+        return explore_views(
+            pl.read_parquet(out / "scores.parquet"),
+            pl.read_parquet(out / "selection.parquet"),
+            self.pool,
+            targets=self.targets[target],
+            tokenized=tokenized,
+            pool_stats=self._pool_stats() if tokenized is not None else None,
+            **views,
+        )
 
-        return explore(self, target, **views)
+    def _pool_stats(self) -> pl.DataFrame | None:
+        """Stats of the pool store at the last warmup checkpoint, if that store is complete."""
+        done = [d for d in self.store_dirs("pool") if (d / "meta.json").exists()]
+        return stats_frame(open_store(done[-1], verify=False)) if done else None
 
     def _extra_pool_columns(self) -> list[str]:
         return [c for c in ("skill", "form") if self.pool is not None and c in self.pool.columns]
 
     def with_config(self, **changes) -> Lab:
         """A Lab on the same run dir and data with some configs replaced, e.g.
-        ``lab.with_config(scoring=replace(lab.score_cfg, method="dot"))``."""
+        ``lab.with_config(scoring=replace(lab.score_cfg, method="dot"))``. Changing the
+        run's own settings (data, warmup) on a recorded run is refused."""
         kwargs = {
             "data": self.data_cfg,
             "warmup": self.warmup_cfg,
@@ -399,4 +510,4 @@ class Lab:
         return lab
 
 
-__all__ = ["Lab", "replace"]
+__all__ = ["Lab", "Selection", "replace"]

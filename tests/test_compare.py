@@ -9,8 +9,6 @@ import polars as pl
 import pytest
 
 from less_lab import compare as cmp
-from less_lab import training
-from less_lab.baselines import baseline_scores
 from less_lab.config import (
     DataConfig,
     GradientConfig,
@@ -19,12 +17,14 @@ from less_lab.config import (
     TrainConfig,
     WarmupConfig,
 )
-from less_lab.demo_data import demo_pool, demo_targets
-from less_lab.evaluation import loss_eval
+from less_lab.core import training
+from less_lab.core.baselines import baseline_scores
+from less_lab.core.scoring import aggregate
+from less_lab.core.selection import select_top
+from less_lab.data.demo_pool import demo_pool, demo_targets
+from less_lab.evaluate.evaluators import loss_eval
 from less_lab.lab import Lab
-from less_lab.scoring import aggregate
-from less_lab.selection import select_top
-from less_lab.tiny import tiny_llama
+from less_lab.model.tiny import tiny_llama
 
 TRAIN = TrainConfig(epochs=2, learning_rate=2e-3, batch_size=4, token_budget=512,
                     lora=LoraSettings(r=2, alpha=4, dropout=0.0))  # fmt: skip
@@ -80,7 +80,7 @@ def test_compare_end_to_end_and_resume(tiny_tokenizer, tmp_path, monkeypatch):
     # LESS seed 0 is the lab's own warmup; seed 1 has its own warmup subset and run dir
     assert (
         sel["less", 0]["example_id"].to_list()
-        == lab.select("demo", SelectConfig(k=4))["example_id"].to_list()
+        == lab.select("demo", SelectConfig(k=4)).frame["example_id"].to_list()
     )
     assert (lab.run_dir / "seeds" / "warmup-seed-1" / "warmup" / "epoch-2" / "state.json").exists()
     long = baseline_scores("bm25", lab.pool, lab.targets["demo"], seed=0)

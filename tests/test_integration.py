@@ -18,10 +18,11 @@ from less_lab import (
     TrainConfig,
     WarmupConfig,
 )
-from less_lab.data import read_pool
-from less_lab.datastore import StoreMismatchError, open_store
+from less_lab.core.datastore import open_store
+from less_lab.data.pool import read_pool
+from less_lab.data.targets import read_targets
+from less_lab.errors import SettingsMismatchError
 from less_lab.lab import Lab
-from less_lab.targets import read_targets
 
 pytestmark = pytest.mark.slow
 BBH_TASKS = ["boolean_expressions", "navigate", "word_sorting"]
@@ -61,16 +62,17 @@ def lab(shared_data, smollm2, tmp_path_factory):
 
 
 def test_end_to_end_selection(lab):
-    top = lab.select("bbh")
+    sel = lab.select("bbh")
+    top = sel.frame
     assert top.height == 20 and top["rank"].to_list() == list(range(1, 21))
     assert top["score"].is_sorted(descending=True)
     assert set(top["subtask"]) <= set(BBH_TASKS)
     # written back verbatim in the pool's own format, best first
-    lines = (lab.run_dir / "selections/bbh/selected.jsonl").read_text().splitlines()
+    lines = sel.paths["selected"].read_text().splitlines()
     raw = dict(zip(lab.pool["example_id"], lab.pool["raw"], strict=True))
     assert lines == [raw[i] for i in top["example_id"]]
     assert all(json.loads(line)["messages"] for line in lines)
-    long = pl.read_parquet(lab.run_dir / "selections/bbh/scores.parquet")
+    long = pl.read_parquet(sel.paths["scores"])
     n_pool = lab.tokenized("pool").height
     assert long.height == n_pool * len(BBH_TASKS)
     assert long["score"].is_finite().all()
@@ -97,7 +99,7 @@ def test_reuse_is_cached_and_other_settings_are_refused(lab):
     mtime = (store.path / "meta.json").stat().st_mtime
     assert (lab.datastore("bbh")[0].path / "meta.json").stat().st_mtime == mtime
     other = dict(store.meta, projection={**store.meta["projection"], "seed": 1})
-    with pytest.raises(StoreMismatchError, match="projection"):
+    with pytest.raises(SettingsMismatchError, match="projection"):
         open_store(store.path, {"projection": other["projection"]})
     lab2 = lab.with_config(gradients=replace(lab.grad_cfg, proj_seed=1))
     assert lab2.store_dirs("bbh")[0] != store.path

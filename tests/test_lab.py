@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import polars as pl
 
 from less_lab import (
@@ -13,8 +15,8 @@ from less_lab import (
     TrainConfig,
     WarmupConfig,
 )
-from less_lab.cli import build_configs
-from less_lab.demo_data import demo_pool, demo_targets
+from less_lab.config import build_configs
+from less_lab.data.demo_pool import demo_pool, demo_targets
 from less_lab.lab import Lab
 
 
@@ -40,15 +42,17 @@ def _lab(tmp_path, tiny_model, tiny_tokenizer) -> Lab:
 
 def test_lab_select_diagnostics_and_repr(tmp_path, tiny_model, tiny_tokenizer):
     lab = _lab(tmp_path, tiny_model, tiny_tokenizer)
-    top = lab.select("demo")
+    sel = lab.select("demo")
+    top = sel.frame
     assert top.height == 5 and top["score"].is_sorted(descending=True)
-    assert (lab.run_dir / "selections/demo/selected.jsonl").read_text().count("\n") == 5
+    assert sel.paths["selected"] == lab.selection_dir("demo") / "selected.jsonl"
+    assert sel.paths["selected"].read_text().count("\n") == 5
     assert len(lab.checkpoints()) == 2
     assert "warmup: 2/2 checkpoints" in repr(lab)
-    diag = lab.diagnostics("demo")
+    diag = lab.diagnostics("demo", sel)
     assert diag is not None and diag.text()
-    assert diag.reliability is lab.last_reliability  # select's split-half, not a second one
-    assert lab.select_balanced("demo", SelectConfig(k=6))["subtask"].n_unique() == 3
+    assert diag.reliability is sel.reliability  # select's split-half, not a second one
+    assert lab.select_balanced("demo", SelectConfig(k=6)).frame["subtask"].n_unique() == 3
     long = lab.subtask_scores("demo")
     assert long.height == 30 * demo_targets()["subtask"].n_unique()
     assert set(long.columns) == {"example_id", "source", "subtask", "score"}
@@ -57,16 +61,22 @@ def test_lab_select_diagnostics_and_repr(tmp_path, tiny_model, tiny_tokenizer):
 
 def test_scoring_variants_write_their_own_selection(tmp_path, tiny_model, tiny_tokenizer):
     lab = _lab(tmp_path, tiny_model, tiny_tokenizer)
-    cosine = lab.select("demo")
-    written = (lab.run_dir / "selections/demo/selection.parquet").read_bytes()
+    cosine = lab.select("demo").frame
+    here = lab.selection_dir("demo")
+    written = (here / "selection.parquet").read_bytes()
     dot = lab.with_config(scoring=ScoreConfig(method="dot"))
-    assert dot.selection_dir("demo") == lab.run_dir / "selections/demo-dot"
+    assert dot.selection_dir("demo").name.startswith("demo-dot-")
+    assert dot.selection_dir("demo").parent == here.parent
     dot.select("demo")
-    assert (lab.run_dir / "selections/demo-dot/selected.jsonl").exists()
-    assert (lab.run_dir / "selections/demo/selection.parquet").read_bytes() == written
-    again = pl.read_parquet(lab.run_dir / "selections/demo/selection.parquet")
+    assert (dot.selection_dir("demo") / "selected.jsonl").exists()
+    assert (here / "selection.parquet").read_bytes() == written
+    again = pl.read_parquet(here / "selection.parquet")
     assert again["example_id"].to_list() == cosine["example_id"].to_list()
-    assert lab.selection_dir("demo", "sgd", balanced=True).name == "demo-sgd-balanced"
+    sgd = lab.with_config(gradients=replace(lab.grad_cfg, pool_feature="sgd"))
+    assert sgd.selection_dir("demo", balanced=True).name.startswith("demo-sgd-balanced-")
+    # another projection dimension is another selection, never an overwrite
+    small = lab.with_config(gradients=replace(lab.grad_cfg, proj_dim=128))
+    assert small.selection_dir("demo") != here
 
 
 def test_cli_set_overrides_nested_fields():

@@ -20,7 +20,7 @@ import polars as pl
 import pytest
 
 PACKAGE = Path(__file__).resolve().parents[1] / "less_lab"
-SOURCES = sorted(PACKAGE.glob("*.py"))
+SOURCES = sorted(PACKAGE.rglob("*.py"))
 PICKLE_MODULES = {
     "pickle",
     "cPickle",
@@ -128,8 +128,8 @@ def test_package_sources_have_no_unsafe_loading():
 def test_load_model_trusts_remote_code_only_when_asked(monkeypatch, tmp_path, tiny_tokenizer):
     import transformers
 
-    from less_lab import models
-    from less_lab.tiny import tiny_llama
+    from less_lab.model import loading as models
+    from less_lab.model.tiny import tiny_llama
 
     tiny_llama(tiny_tokenizer).save_pretrained(tmp_path)
     tiny_tokenizer.save_pretrained(tmp_path)
