@@ -1,11 +1,22 @@
 """less_lab: LESS data selection (Xia et al. 2024) by LoRA-gradient similarity.
 
 Start with ``from less_lab import Lab`` (see ``lab.py``) or the ``less-lab`` command.
+Everything a notebook needs is importable from here; heavy modules (torch,
+transformers, plotly) load on first use of a name, so ``import less_lab`` stays cheap.
+
+The package is layered (each subpackage's docstring says what it holds and what it may
+import): base modules (``config``, ``errors``, ``layout``, ``_io``) → ``data`` →
+``model`` → ``core`` → ``checks`` / ``evaluate`` → ``views`` → the facade (``compare``,
+``lab``, ``demo``, ``cli``).
 """
 
-__version__ = "0.1.0"
+from __future__ import annotations
 
-from less_lab.config import (  # noqa: E402
+import importlib
+
+from less_lab._version import __version__
+from less_lab.config import (
+    PRESETS,
     DataConfig,
     GradientConfig,
     LoraSettings,
@@ -13,25 +24,105 @@ from less_lab.config import (  # noqa: E402
     SelectConfig,
     TrainConfig,
     WarmupConfig,
+    build_configs,
+    fingerprint,
 )
+from less_lab.errors import (
+    ConfigError,
+    DataError,
+    LessLabError,
+    SettingsMismatchError,
+    StorageError,
+    StoreCorruptError,
+)
+
+_LAZY = {
+    # facade
+    "Lab": "less_lab.lab",
+    "Selection": "less_lab.lab",
+    "compare": "less_lab.compare",
+    "paper_table": "less_lab.compare",
+    "demo_configs": "less_lab.demo",
+    "run_demo": "less_lab.demo",
+    # data
+    "read_pool": "less_lab.data.pool",
+    "stratified_sample": "less_lab.data.pool",
+    "read_targets": "less_lab.data.targets",
+    "tokenize": "less_lab.data.formatting",
+    "collate": "less_lab.data.batching",
+    "demo_pool": "less_lab.data.demo_pool",
+    "demo_targets": "less_lab.data.demo_pool",
+    "DEMO_SKILLS": "less_lab.data.demo_pool",
+    # model
+    "load_model": "less_lab.model.loading",
+    "tiny_llama": "less_lab.model.tiny",
+    "tiny_tokenizer": "less_lab.model.tiny",
+    "add_lora": "less_lab.model.lora",
+    "lora_modules": "less_lab.model.lora",
+    "block_names": "less_lab.model.lora",
+    "block_shapes": "less_lab.model.lora",
+    "example_losses": "less_lab.model.lora",
+    # core
+    "train_lora": "less_lab.core.training",
+    "load_adapter": "less_lab.core.training",
+    "per_example_gradients": "less_lab.core.gradients",
+    "to_features": "less_lab.core.gradients",
+    "make_projector": "less_lab.core.projection",
+    "data_fingerprint": "less_lab.core.pipeline",
+    "aggregate": "less_lab.core.scoring",
+    "select_top": "less_lab.core.selection",
+    "select_balanced": "less_lab.core.selection",
+    "random_scores": "less_lab.core.baselines",
+    "bm25_scores": "less_lab.core.baselines",
+    "dsir_scores": "less_lab.core.baselines",
+    "last_token_states": "less_lab.core.baselines",
+    "less_neighbors": "less_lab.core.neighbors",
+    "bm25_neighbors": "less_lab.core.neighbors",
+    "rds_neighbors": "less_lab.core.neighbors",
+    "correlation": "less_lab.core.stats",
+    "top_k": "less_lab.core.stats",
+    # evaluate
+    "make_eval": "less_lab.evaluate.evaluators",
+    "finetune": "less_lab.evaluate.finetune",
+    "validation_fn": "less_lab.evaluate.finetune",
+    "frame_metrics": "less_lab.evaluate.finetune",
+    "choice_logliks": "less_lab.evaluate.inference",
+    "encode_prompts": "less_lab.evaluate.inference",
+    "generate": "less_lab.evaluate.inference",
+    "parse_bbh_answer": "less_lab.evaluate.metrics",
+    "summarize": "less_lab.evaluate.metrics",
+    # views
+    "frames": "less_lab.views.frames",
+    "plots": "less_lab.views.plots",
+    "widgets": "less_lab.views.widgets",
+    "explore": "less_lab.views.widgets",
+    "TopExamplesView": "less_lab.views.widgets",
+    "SimilarityCurveView": "less_lab.views.widgets",
+    "SubsetDistributionView": "less_lab.views.widgets",
+    "LengthBiasView": "less_lab.views.widgets",
+    "NeighborsView": "less_lab.views.widgets",
+    "LossAccuracyView": "less_lab.views.widgets",
+}
+_MODULES = {"frames", "plots", "widgets"}
 
 
 def __getattr__(name: str):
-    """Heavy modules (torch, transformers) load only when first used."""
-    if name == "Lab":
-        from less_lab.lab import Lab
+    """Heavy modules (torch, transformers, plotly) load only when a name is first used."""
+    if name not in _LAZY:
+        raise AttributeError(f"module 'less_lab' has no attribute {name!r}")
+    module = importlib.import_module(_LAZY[name])
+    value = module if name in _MODULES else getattr(module, name)
+    globals()[name] = value
+    return value
 
-        return Lab
-    if name == "load_model":
-        from less_lab.model.loading import load_model
 
-        return load_model
-    raise AttributeError(name)
+def __dir__() -> list[str]:
+    return sorted(__all__)
 
 
 __all__ = [
-    "Lab",
-    "load_model",
+    "__version__",
+    "PRESETS",
     "DataConfig",
     "GradientConfig",
     "LoraSettings",
@@ -39,5 +130,13 @@ __all__ = [
     "SelectConfig",
     "TrainConfig",
     "WarmupConfig",
-    "__version__",
+    "build_configs",
+    "fingerprint",
+    "ConfigError",
+    "DataError",
+    "LessLabError",
+    "SettingsMismatchError",
+    "StorageError",
+    "StoreCorruptError",
+    *_LAZY,
 ]

@@ -3,11 +3,10 @@ seeds, cached and resumable stages, refusal of changed settings, and the CLI."""
 
 from __future__ import annotations
 
-import argparse
-
 import polars as pl
 import pytest
 
+from less_lab import cli
 from less_lab import compare as cmp
 from less_lab.config import (
     DataConfig,
@@ -125,9 +124,6 @@ def test_cli_compare(tiny_tokenizer, tmp_path, capsys):
     pool.write_text("".join(r + "\n" for r in demo_pool(n_per_form=1)["raw"]))
     targets = tmp_path / "targets.jsonl"
     targets.write_text("".join(r + "\n" for r in demo_targets(n_shots=2)["raw"]))
-    parser = argparse.ArgumentParser()
-    sub = parser.add_subparsers(dest="command")
-    cmp.add_compare_command(sub)
     sets = ["data.max_length=96", "warmup.fraction=0.25", "warmup.train.epochs=1",
             "warmup.train.batch_size=4", "warmup.train.lora.r=2", "warmup.train.lora.alpha=4",
             "gradients.proj_dim=32"]  # fmt: skip
@@ -156,9 +152,8 @@ def test_cli_compare(tiny_tokenizer, tmp_path, capsys):
     ]
     for s in sets:
         argv += ["--set", s]
-    args = parser.parse_args(argv)
-    assert cmp._train_cfg(TrainConfig(), ["epochs=3", "lora.r=4"]).lora.r == 4
-    assert cmp.run_compare_command(args) == 0
+    assert cli.train_cfg(TrainConfig(), ["epochs=3", "lora.r=4"]).lora.r == 4
+    assert cli.main(argv) == 0
     out = capsys.readouterr().out
     assert "== demo" in out and "held_loss" in out and "val_loss" in out
     runs = cmp.load_runs(tmp_path / "run" / "compare" / "demo")

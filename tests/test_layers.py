@@ -203,3 +203,10 @@ def test_every_subpackage_says_what_it_holds_and_may_import():
     for sub in SUBPACKAGES:
         doc = ast.get_docstring(ast.parse((PACKAGE / sub / "__init__.py").read_text()))
         assert doc and "May import" in doc, sub
+
+
+def test_every_public_name_resolves():
+    import less_lab
+
+    missing = [n for n in less_lab.__all__ if not hasattr(less_lab, n)]
+    assert missing == []

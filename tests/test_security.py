@@ -161,7 +161,7 @@ def _raw_markup(text: str) -> list[str]:
 
 
 def test_dataset_text_is_inert_in_the_html_views():
-    widgets = pytest.importorskip("less_lab.widgets")
+    widgets = pytest.importorskip("less_lab.views.widgets")
     ids = [f"{EVIL}{i}" for i in range(3)]
     pool = pl.DataFrame(
         {

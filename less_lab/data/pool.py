@@ -239,3 +239,16 @@ def write_jsonl(frame: pl.DataFrame, path: str | Path) -> Path:
         Path(tmp).unlink(missing_ok=True)
         raise
     return path
+
+
+def stratified_sample(
+    frame: pl.DataFrame, n: int, by: str = "source", seed: int = 0
+) -> pl.DataFrame:
+    """About ``n`` rows with an equal share per ``by`` group (seeded), in the frame's own
+    order: a small pool that keeps every source, for CPU-sized runs and notebooks."""
+    if by not in frame.columns:
+        raise KeyError(f"no column {by!r} to stratify by; have {frame.columns}")
+    per = max(1, n // max(1, frame[by].n_unique()))
+    picked = frame.with_row_index("_row").sample(fraction=1.0, shuffle=True, seed=seed)
+    picked = picked.filter(pl.int_range(pl.len()).over(by) < per)
+    return picked.sort("_row").drop("_row")
