@@ -16,7 +16,6 @@ import importlib
 
 from less_lab._version import __version__
 from less_lab.config import (
-    PRESETS,
     DataConfig,
     GradientConfig,
     LoraSettings,
@@ -24,7 +23,6 @@ from less_lab.config import (
     SelectConfig,
     TrainConfig,
     WarmupConfig,
-    build_configs,
     fingerprint,
 )
 from less_lab.errors import (
@@ -35,6 +33,7 @@ from less_lab.errors import (
     StorageError,
     StoreCorruptError,
 )
+from less_lab.overrides import PRESETS, build_configs
 
 _LAZY = {
     # facade

@@ -23,12 +23,13 @@ from pathlib import Path
 
 from less_lab._io import write_parquet
 from less_lab.compare import METHODS, compare, paper_table
-from less_lab.config import PRESETS, TrainConfig, build_configs, parse_value, replace_path
+from less_lab.config import TrainConfig
 from less_lab.core import distributed
 from less_lab.demo import run_demo
 from less_lab.errors import ConfigError, LessLabError
 from less_lab.evaluate.evaluators import EvalFn, make_eval
 from less_lab.lab import Lab
+from less_lab.overrides import PRESETS, build_configs, parse_value, replace_path
 
 STAGES = ("warmup", "datastore", "score", "select", "run")
 

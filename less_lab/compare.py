@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -97,49 +98,30 @@ def _selection_stats(lab, sel: pl.DataFrame) -> dict:
     }
 
 
-def _run(
-    lab,
-    target: str,
-    method: str,
-    seed: int,
-    k: int,
-    run_dir: Path,
-    *,
-    train_cfg,
-    evals: Mapping[str, EvalFn],
-    val_evals: Mapping[str, EvalFn],
-    val_metric: str,
-    target_model,
-    target_tokenizer,
-    dsir_resample: bool,
-    token_budget: int,
-) -> dict:
-    """One (method, seed) cell, every stage cached in ``run_dir``."""
+@dataclass(frozen=True)
+class _Plan:
+    """What every cell of one comparison shares (see ``compare``'s arguments)."""
+
+    train_cfg: TrainConfig
+    evals: Mapping[str, EvalFn]
+    val_evals: Mapping[str, EvalFn]
+    val_metric: str
+    target_model: Any
+    target_tokenizer: Any
+    dsir_resample: bool
+    token_budget: int
+
+
+def _cached_selection(lab, target: str, method: str, seed: int, k: int, run_dir: Path, plan):
     sel_file = run_dir / "selection.parquet"
     if not sel_file.exists():
-        sel = select(lab, target, method, k, seed, dsir_resample=dsir_resample)
+        sel = select(lab, target, method, k, seed, dsir_resample=plan.dsir_resample)
         write_parquet(sel_file, sel)
-    sel = pl.read_parquet(sel_file)
-    train = lab.pool.filter(pl.col("example_id").is_in(sel["example_id"].implode()))
-    if target_model is None:
-        fresh, tok = base_model_copy(lab), lab.tokenizer
-    else:
-        fresh, tok = resolve_model(target_model, target_tokenizer)
-    val = validation_fn(
-        tok, lab.targets[target], data_cfg=lab.data_cfg, token_budget=token_budget, extra=val_evals
-    )
-    result = finetune(
-        lambda: fresh,
-        tok,
-        train,
-        val,
-        train_cfg,
-        run_dir / "train",
-        lab.data_cfg,
-        metric=val_metric,
-        eval_key=",".join(["val_loss", *val_evals]),
-        progress=lab.progress,
-    )
+    return pl.read_parquet(sel_file)
+
+
+def _test_metrics(result, tok, run_dir: Path, evals: Mapping[str, EvalFn]) -> dict:
+    """Test metrics of the best checkpoint, cached by evaluation name in ``test.json``."""
     test_file = run_dir / "test.json"
     cached = json.loads(test_file.read_text()) if test_file.exists() else {}
     if cached.get("best_epoch") != result.best_epoch:
@@ -150,17 +132,76 @@ def _run(
             write_parquet(run_dir / f"test_{name}.parquet", frame)
             cached["metrics"][name] = frame_metrics(frame, f"{name}_")
             write_json(test_file, cached)
+    return {k: v for name in evals for k, v in cached["metrics"][name].items()}
+
+
+def _run(lab, target: str, method: str, seed: int, k: int, run_dir: Path, plan: _Plan) -> dict:
+    """One (method, seed) cell, every stage cached in ``run_dir``."""
+    sel = _cached_selection(lab, target, method, seed, k, run_dir, plan)
+    train = lab.pool.filter(pl.col("example_id").is_in(sel["example_id"].implode()))
+    if plan.target_model is None:
+        fresh, tok = base_model_copy(lab), lab.tokenizer
+    else:
+        fresh, tok = resolve_model(plan.target_model, plan.target_tokenizer)
+    val = validation_fn(
+        tok,
+        lab.targets[target],
+        data_cfg=lab.data_cfg,
+        token_budget=plan.token_budget,
+        extra=plan.val_evals,
+    )
+    result = finetune(
+        lambda: fresh,
+        tok,
+        train,
+        val,
+        plan.train_cfg,
+        run_dir / "train",
+        lab.data_cfg,
+        metric=plan.val_metric,
+        eval_key=",".join(["val_loss", *plan.val_evals]),
+        progress=lab.progress,
+    )
     best = result.history.filter(pl.col("epoch") == result.best_epoch).row(0, named=True)
-    row = {
+    return {
         "method": method,
         "seed": seed,
         "best_epoch": result.best_epoch,
         **_selection_stats(lab, sel),
         **{k: v for k, v in best.items() if k.startswith("val_") or k == "train_loss"},
+        **_test_metrics(result, tok, run_dir, plan.evals),
     }
-    for name in evals:
-        row |= cached["metrics"][name]
-    return row
+
+
+def _cells(methods, seeds, include_full: bool, per_seed_warmup: bool, lab_seed: int):
+    """``(method, seed)`` of every run: deterministic methods once, LESS once per warmup
+    seed (or once, on the lab's own warmup, without ``per_seed_warmup``)."""
+    for method in [*methods, *(["full"] if include_full else [])]:
+        if method == "less" and not per_seed_warmup:
+            yield method, lab_seed
+            continue
+        for seed in seeds[:1] if method in DETERMINISTIC else seeds:
+            yield method, seed
+
+
+def _record(lab, target: str, n: int, out_dir: Path, plan: _Plan, per_seed_warmup: bool):
+    tm = plan.target_model
+    record_settings(
+        out_dir / SETTINGS_FILE,
+        {
+            "target": target,
+            "k": n,
+            "train": to_dict(plan.train_cfg),
+            "lab": fingerprint(lab.settings()),
+            "pool": fingerprint(sorted(lab.pool["example_id"].to_list())),
+            "targets": fingerprint(sorted(lab.targets[target]["example_id"].to_list())),
+            "val_metric": plan.val_metric,
+            "per_seed_warmup": per_seed_warmup,
+            "dsir_resample": plan.dsir_resample,
+            "target_model": None if tm is None else str(tm if isinstance(tm, str) else type(tm)),
+        },
+        refused="this comparison was run with other settings",
+    )
 
 
 def compare(
@@ -186,7 +227,7 @@ def compare(
     """Table 3: one row per method with ``<metric>_mean`` / ``<metric>_std`` over seeds.
 
     ``evals``: test evaluations ``{name: (model, tokenizer) -> frame}`` run on each best
-    checkpoint (see ``evaluation.make_eval``); their ``average`` rows become columns
+    checkpoint (see ``evaluators.make_eval``); their ``average`` rows become columns
     ``<name>_<metric>``. ``train_cfg`` defaults to the lab's warmup training config.
     ``target_model`` (a name, model or factory, with ``target_tokenizer``) fine-tunes
     another model than the selection model (LESS-T). ``per_seed_warmup=False`` uses the
@@ -195,53 +236,23 @@ def compare(
     """
     if lab.pool is None or target not in lab.targets:
         raise KeyError(f"the lab needs a pool and target {target!r} (have {list(lab.targets)})")
-    train_cfg = train_cfg or lab.warmup_cfg.train
-    evals, val_evals = dict(evals or {}), dict(val_evals or {})
+    plan = _Plan(
+        train_cfg or lab.warmup_cfg.train,
+        dict(evals or {}),
+        dict(val_evals or {}),
+        val_metric,
+        target_model,
+        target_tokenizer,
+        dsir_resample,
+        token_budget,
+    )
     out_dir = Path(out_dir) if out_dir is not None else lab.layout.compare_dir(target)
     n = selection_size(lab.pool.height, SelectConfig(fraction=fraction, k=k))
-    record_settings(
-        out_dir / SETTINGS_FILE,
-        {
-            "target": target,
-            "k": n,
-            "train": to_dict(train_cfg),
-            "lab": fingerprint(lab.settings()),
-            "pool": fingerprint(sorted(lab.pool["example_id"].to_list())),
-            "targets": fingerprint(sorted(lab.targets[target]["example_id"].to_list())),
-            "val_metric": val_metric,
-            "per_seed_warmup": per_seed_warmup,
-            "dsir_resample": dsir_resample,
-            "target_model": None
-            if target_model is None
-            else str(target_model if isinstance(target_model, str) else type(target_model)),
-        },
-        refused="this comparison was run with other settings",
-    )
+    _record(lab, target, n, out_dir, plan, per_seed_warmup)
     rows = []
-    for method in [*methods, *(["full"] if include_full else [])]:
-        once = method in DETERMINISTIC or (method == "less" and not per_seed_warmup)
-        for seed in seeds[:1] if once else seeds:
-            if method == "less" and not per_seed_warmup:
-                seed = lab.warmup_cfg.seed
-            rows.append(
-                _run(
-                    lab,
-                    target,
-                    method,
-                    seed,
-                    n,
-                    out_dir / method / f"seed-{seed}",
-                    train_cfg=train_cfg,
-                    evals=evals,
-                    val_evals=val_evals,
-                    val_metric=val_metric,
-                    target_model=target_model,
-                    target_tokenizer=target_tokenizer,
-                    dsir_resample=dsir_resample,
-                    token_budget=token_budget,
-                )
-            )
-            write_parquet(out_dir / "runs.parquet", pl.DataFrame(rows))
+    for method, seed in _cells(methods, seeds, include_full, per_seed_warmup, lab.warmup_cfg.seed):
+        rows.append(_run(lab, target, method, seed, n, out_dir / method / f"seed-{seed}", plan))
+        write_parquet(out_dir / "runs.parquet", pl.DataFrame(rows))
     return summary_table(pl.DataFrame(rows))
 
 

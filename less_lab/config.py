@@ -8,8 +8,8 @@ the config that made its artifacts (``to_dict``) so that a cached artifact is re
 when reused with different settings.
 
 Settings also come as text, ``section.field=value`` (the CLI's ``--set``, a notebook's
-list of overrides): :func:`build_configs` applies them on top of the defaults or of a
-named preset from :data:`PRESETS`.
+list of overrides): ``less_lab.overrides.build_configs`` applies them on top of the
+defaults or of a named preset.
 
 Base layer: imports nothing from less_lab but ``errors`` and ``_io``.
 """
@@ -290,82 +290,6 @@ class SelectConfig(_Validated):
         return max(1, round(self.fraction * n))
 
 
-SECTIONS: dict[str, type] = {
-    "data": DataConfig,
-    "warmup": WarmupConfig,
-    "gradients": GradientConfig,
-    "scoring": ScoreConfig,
-    "select": SelectConfig,
-}
-"""The config sections a run has, by the name ``--set`` uses."""
-
-PRESETS: dict[str, list[str]] = {
-    "paper": [],
-    "cpu-demo": [
-        "data.max_length=128",
-        "warmup.fraction=0.2",
-        "warmup.train.batch_size=8",
-        "warmup.train.learning_rate=0.0001",
-        "warmup.train.lora.r=8",
-        "warmup.train.lora.alpha=32",
-        "select.fraction=0.1",
-    ],
-}
-"""Named starting points: ``paper`` (the defaults) and ``cpu-demo`` (what ``less-lab demo``
-runs with on 2 CPU cores: short sequences, LoRA r=8, a larger warmup share with small
-batches and a higher learning rate so a short warmup moves the adapter, and a 10%
-selection so shares are readable)."""
-
-
-def parse_value(text: str) -> Any:
-    """A ``--set`` value: JSON when it parses (numbers, lists, true/false/null), else text."""
-    try:
-        return json.loads(text)
-    except json.JSONDecodeError:
-        return text
-
-
-def replace_path(cfg: Any, path: list[str], value: Any, prefix: str = "") -> Any:
-    """``dataclasses.replace`` along a dotted path; unknown fields and bad values raise
-    ConfigError naming the whole key."""
-    names = sorted(f.name for f in dataclasses.fields(cfg))
-    key = prefix + path[0]
-    if path[0] not in names:
-        raise ConfigError(
-            f"{key}: {type(cfg).__name__} has no field {path[0]!r} (fields: {', '.join(names)})",
-            key=key,
-        )
-    if len(path) > 1:
-        sub = getattr(cfg, path[0])
-        if not dataclasses.is_dataclass(sub):
-            raise ConfigError(f"{key} is a value, not a section", key=key)
-        value = replace_path(sub, path[1:], value, key + ".")
-    try:
-        return dataclasses.replace(cfg, **{path[0]: value})
-    except ConfigError as err:
-        raise err.under(prefix) from None
-
-
-def build_configs(sets: list[str] | tuple[str, ...] = (), preset: str = "paper") -> dict:
-    """The configs of every section: ``preset``'s settings, then ``sets`` on top, each
-    ``section.field=value`` (nested fields with dots: ``warmup.train.lora.r=8``)."""
-    if preset not in PRESETS:
-        raise ConfigError(f"preset {preset!r}: expected one of {', '.join(PRESETS)}", key="preset")
-    configs = {name: cls() for name, cls in SECTIONS.items()}
-    for item in [*PRESETS[preset], *sets]:
-        key, sep, raw = item.partition("=")
-        parts = key.strip().split(".")
-        if not sep or parts[0] not in SECTIONS or len(parts) < 2:
-            raise ConfigError(
-                f"{item!r}: expected section.field=value with section one of {', '.join(SECTIONS)}",
-                key=key,
-            )
-        configs[parts[0]] = replace_path(
-            configs[parts[0]], parts[1:], parse_value(raw.strip()), parts[0] + "."
-        )
-    return configs
-
-
 def to_dict(cfg: Any) -> dict[str, Any]:
     """A JSON-ready dict of a (nested) config dataclass; tuples become lists."""
     return json.loads(json.dumps(dataclasses.asdict(cfg)))
@@ -404,20 +328,30 @@ def settings_diff(old: Any, new: Any, prefix: str = "") -> list[str]:
     return [f"  {prefix.rstrip('.')}: on disk {old!r}, now {new!r}"]
 
 
+def check_settings(
+    path: Path, settings: dict, refused: str = "existing run was made with different settings"
+) -> bool:
+    """Whether ``path`` records ``settings`` (False when it does not exist); when it
+    records other settings, :class:`SettingsMismatchError` names the file, ``refused``
+    and every differing key with both values. Keys starting with ``_`` (provenance such
+    as the package version) are shown but never compared."""
+    path = Path(path)
+    if not path.exists():
+        return False
+    old = {k: v for k, v in json.loads(path.read_text()).items() if not k.startswith("_")}
+    new = {k: v for k, v in json.loads(json.dumps(settings)).items() if not k.startswith("_")}
+    lines = settings_diff(old, new)
+    if lines:
+        raise SettingsMismatchError(
+            f"{path}: {refused}:\n" + "\n".join(lines) + "\nUse another directory."
+        )
+    return True
+
+
 def record_settings(
     path: Path, settings: dict, refused: str = "existing run was made with different settings"
 ) -> None:
-    """Write ``settings`` (what made a run) to ``path``, or, when ``path`` exists, refuse to
-    continue a run recorded with other settings: :class:`SettingsMismatchError` names the
-    file, ``refused`` and every differing key with both values. The write is atomic."""
-    settings = json.loads(json.dumps(settings))
-    path = Path(path)
-    if path.exists():
-        old = json.loads(path.read_text())
-        lines = settings_diff(old, settings)
-        if lines:
-            raise SettingsMismatchError(
-                f"{path}: {refused}:\n" + "\n".join(lines) + "\nUse another directory."
-            )
-        return
-    write_json(path, settings)
+    """Write ``settings`` (what made a run) to ``path`` atomically, or, when ``path``
+    exists, refuse to continue a run recorded with other settings (``check_settings``)."""
+    if not check_settings(path, settings, refused):
+        write_json(path, json.loads(json.dumps(settings)))

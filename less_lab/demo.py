@@ -17,9 +17,9 @@ from pathlib import Path
 
 import polars as pl
 
-from less_lab.config import PRESETS, build_configs
 from less_lab.data.demo_pool import DEMO_SKILLS, demo_pool, demo_targets, write_demo
 from less_lab.lab import Lab
+from less_lab.overrides import PRESETS, build_configs
 
 PRESET = "cpu-demo"
 
@@ -50,30 +50,51 @@ def _print_shares(top: pl.DataFrame, pool: pl.DataFrame, col: str) -> None:
     print(table)
 
 
-def _print_per_subtask(
+def planted_skill_shares(
     long: pl.DataFrame, pool: pl.DataFrame, targets: pl.DataFrame, k: int
-) -> None:
-    """For each target subtask, how much of ITS top-k is the skill the subtask tests."""
+) -> pl.DataFrame:
+    """For each target subtask, the share of ITS top ``k`` that has the skill the subtask
+    tests (``own_share``) against that skill's share of the pool (``pool_share``), and the
+    range of cosines in that top ``k``: whether LESS recovers the planted skills."""
     skill_of = dict(targets.select("subtask", "skill").unique().iter_rows())
     base = pool.group_by("skill").len()
     base = dict(zip(base["skill"], base["len"] / pool.height, strict=True))
-    print(f"\nPer subtask: share of the subtask's own skill in its top {k} vs the pool:")
+    rows = []
     for sub in sorted(skill_of):
         ranked = long.filter(pl.col("subtask") == sub).sort("score", descending=True).head(k)
         ranked = ranked.join(pool.select("example_id", "skill"), on="example_id")
         own = ranked.filter(pl.col("skill") == skill_of[sub]).height
+        rows.append(
+            {
+                "subtask": sub,
+                "skill": skill_of[sub],
+                "own": own,
+                "k": k,
+                "own_share": own / k,
+                "pool_share": float(base.get(skill_of[sub], 0.0)),
+                "min_score": float(ranked["score"].min()),
+                "max_score": float(ranked["score"].max()),
+            }
+        )
+    return pl.DataFrame(rows)
+
+
+def _print_per_subtask(shares: pl.DataFrame) -> None:
+    k = shares["k"][0]
+    print(f"\nPer subtask: share of the subtask's own skill in its top {k} vs the pool:")
+    for r in shares.iter_rows(named=True):
         print(
-            f"  {sub:15s} ({skill_of[sub]:10s}) {own:3d}/{k} = {own / k:4.0%} "
-            f"vs {base.get(skill_of[sub], 0):.0%} of the pool; cosine "
-            f"{ranked['score'].min():.3f}..{ranked['score'].max():.3f}"
+            f"  {r['subtask']:15s} ({r['skill']:10s}) {r['own']:3d}/{k} = {r['own_share']:4.0%} "
+            f"vs {r['pool_share']:.0%} of the pool; cosine "
+            f"{r['min_score']:.3f}..{r['max_score']:.3f}"
         )
 
 
-def run_demo(
+def demo_lab(
     out_dir: str | Path = "runs/demo", overrides: list[str] | None = None, progress: bool = True
-):
-    """Run the whole pipeline on the demo data, print what was selected and why."""
-    start = time.time()
+) -> Lab:
+    """A Lab on the demo pool and targets with the ``cpu-demo`` settings (nothing run yet);
+    the pool and target files are written under the run's ``data/`` folder."""
     c = demo_configs(overrides)
     lab = Lab(
         out_dir,
@@ -84,29 +105,26 @@ def run_demo(
         select=c["select"],
         progress=progress,
     )
-    pool_file, target_file = write_demo(lab.layout.data_dir)
+    write_demo(lab.layout.data_dir)
     lab.set_pool(demo_pool())
     lab.add_target("demo", demo_targets())
-    print(f"Demo pool: {lab.pool.height} examples ({pool_file}), skills:")
+    return lab
+
+
+def _print_inputs(lab: Lab, overrides: list[str] | None) -> None:
+    data = lab.layout.data_dir
+    print(f"Demo pool: {lab.pool.height} examples ({data}), skills:")
     for skill, text in DEMO_SKILLS.items():
         print(f"  {skill:12s} {text}")
-    targets = lab.targets["demo"]
-    print(
-        f"Targets ({target_file}): "
-        + ", ".join(
-            f"{s} ({n} shots)"
-            for s, n in targets.group_by("subtask").len().sort("subtask").iter_rows()
-        )
-    )
+    counts = lab.targets["demo"].group_by("subtask").len().sort("subtask").iter_rows()
+    print("Targets: " + ", ".join(f"{s} ({n} shots)" for s, n in counts))
     print(
         f"Settings: {', '.join(PRESETS[PRESET] + list(overrides or []))}; "
         f"projection {lab.grad_cfg.projection} d={lab.grad_cfg.proj_dim}\n"
     )
 
-    for ckpt in lab.warmup():
-        print(f"warmup epoch {ckpt.epoch}: mean lr {ckpt.lr:.2e}, train loss {ckpt.train_loss:.3f}")
-    sel = lab.select("demo")
-    top = sel.frame.join(lab.pool.select("example_id", "messages"), on="example_id", how="left")
+
+def _print_top(top: pl.DataFrame) -> None:
     print(f"\nTop 10 of {top.height} selected (score = max over subtasks of lr-weighted cosine):")
     for row in top.head(10).iter_rows(named=True):
         prompt = row["messages"][0]["content"].replace("\n", " ")[:70]
@@ -114,11 +132,28 @@ def run_demo(
             f"  {row['rank']:2d}. {row['score']:+.4f} {row['subtask']:15s} "
             f"{row['skill']:11s} {row['source']:10s} {prompt}"
         )
+
+
+def run_demo(
+    out_dir: str | Path = "runs/demo", overrides: list[str] | None = None, progress: bool = True
+):
+    """Run the whole pipeline on the demo data, print what was selected and why."""
+    start = time.time()
+    lab = demo_lab(out_dir, overrides, progress)
+    _print_inputs(lab, overrides)
+    for ckpt in lab.warmup():
+        print(f"warmup epoch {ckpt.epoch}: mean lr {ckpt.lr:.2e}, train loss {ckpt.train_loss:.3f}")
+    sel = lab.select("demo")
+    top = sel.frame.join(lab.pool.select("example_id", "messages"), on="example_id", how="left")
+    _print_top(top)
     print("\nShare of each skill in the selection vs the pool:")
     _print_shares(top, lab.pool, "skill")
     print("Share of each source:")
     _print_shares(top, lab.pool, "source")
-    _print_per_subtask(lab.subtask_scores("demo"), lab.pool, targets, top.height)
+    shares = planted_skill_shares(
+        lab.subtask_scores("demo"), lab.pool, lab.targets["demo"], len(sel)
+    )
+    _print_per_subtask(shares)
     by_sub = top.group_by("subtask").len().sort("len", descending=True).row(0)
     print(
         f"The paper's max over subtasks took {by_sub[1]} of {top.height} picks from "
@@ -128,6 +163,6 @@ def run_demo(
     print(f"\nOutputs in {lab.run_dir.resolve()}:")
     for name, path in sel.paths.items():
         print(f"  {name:10s} {path}")
-    print(f"  stores     {lab.run_dir / 'stores'}\n  warmup     {lab.run_dir / 'warmup'}")
+    print(f"  stores     {lab.run_dir / 'stores'}\n  warmup     {lab.layout.warmup_dir}")
     print(f"Done in {time.time() - start:.0f} s.")
     return lab, top

@@ -19,18 +19,16 @@ Facade layer: imports every layer below; nothing below imports it.
 
 from __future__ import annotations
 
-import json
 import warnings
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import polars as pl
 
+from less_lab import inspection
 from less_lab._version import __version__
-from less_lab.checks.adam_health import adam_health
-from less_lab.checks.diagnostics import summary
-from less_lab.checks.reliability import Reliability, split_half
+from less_lab.checks.reliability import Reliability
 from less_lab.compare import compare as run_compare
 from less_lab.config import (
     DataConfig,
@@ -38,44 +36,32 @@ from less_lab.config import (
     ScoreConfig,
     SelectConfig,
     WarmupConfig,
+    check_settings,
     fingerprint,
     record_settings,
-    settings_diff,
     to_dict,
 )
 from less_lab.core import pipeline
-from less_lab.core.datastore import Store, open_store, stats_frame
-from less_lab.core.selection import select_balanced, select_top, selection_report, write_selection
+from less_lab.core.datastore import Store
+from less_lab.core.selection import (
+    Selection,
+    select_balanced,
+    select_top,
+    write_selection,
+)
 from less_lab.core.training import Checkpoint
 from less_lab.data.formatting import tokenize
 from less_lab.data.pool import read_pool
 from less_lab.data.targets import read_targets
-from less_lab.errors import ConfigError, DataError, SettingsMismatchError
+from less_lab.errors import ConfigError, DataError
 from less_lab.evaluate.finetune import clean_copy
 from less_lab.layout import RunLayout, check_name
-from less_lab.model.loading import load_model, model_fingerprint
-from less_lab.model.lora import add_lora
-from less_lab.views.widgets import explore as explore_views
+from less_lab.model.handle import ModelHandle
 
-
-@dataclass(frozen=True)
-class Selection:
-    """What ``Lab.select`` made: the selected rows, where they were written, the
-    split-half reliability checked with them (None for exact features) and the long
-    per-subtask scores they were picked from."""
-
-    target: str
-    frame: pl.DataFrame
-    paths: dict[str, Path]
-    reliability: Reliability | None = None
-    scores: pl.DataFrame | None = field(default=None, repr=False)
-
-    @property
-    def directory(self) -> Path:
-        return self.paths["selected"].parent
-
-    def __len__(self) -> int:
-        return self.frame.height
+RUN_REFUSED = (
+    "this run directory was made with other run settings (gradient, scoring and selection "
+    "settings may change freely: they are variants; data, warmup and model may not)"
+)
 
 
 class Lab:
@@ -102,14 +88,16 @@ class Lab:
         self.targets: dict[str, pl.DataFrame] = {}
         self.dropped: dict[str, pl.DataFrame] = {}
         self._tokenized: dict[str, pl.DataFrame] = {}
-        self._model = self._tokenizer = self._peft = None
-        self._model_fp = ""
+        self._handle = ModelHandle(model)
         self._check_recorded_run()
 
     # ----------------------------------------------------------------- configuration
     @property
     def run_dir(self) -> Path:
         return self.layout.root
+
+    def _configs(self) -> tuple:
+        return self.data_cfg, self.warmup_cfg, self.grad_cfg, self.score_cfg, self.select_cfg
 
     def run_settings(self) -> dict:
         """What the run directory is: model, data and warmup settings (``lab.json``)."""
@@ -130,25 +118,13 @@ class Lab:
 
     def _check_recorded_run(self) -> None:
         """Refuse at once a run directory recorded with other run settings."""
-        path = self.layout.lab_json
-        if not path.exists():
-            return
-        recorded = json.loads(path.read_text())
-        recorded.pop("package_version", None)
-        lines = settings_diff(recorded, self.run_settings())
-        if lines:
-            raise SettingsMismatchError(
-                f"{path}: this run directory was made with other settings:\n"
-                + "\n".join(lines)
-                + "\nUse another run directory (gradient, scoring and selection settings "
-                "may change freely: they are variants)."
-            )
+        check_settings(self.layout.lab_json, self.run_settings(), RUN_REFUSED)
 
     def _record_run(self) -> None:
         record_settings(
             self.layout.lab_json,
-            {**self.run_settings(), "package_version": __version__},
-            refused="this run directory was made with other settings",
+            {**self.run_settings(), "_package_version": __version__},
+            RUN_REFUSED,
         )
 
     def __repr__(self) -> str:
@@ -217,33 +193,22 @@ class Lab:
     # ------------------------------------------------------------------------- model
     @property
     def tokenizer(self):
-        self._load_model()
-        return self._tokenizer
+        return self._handle.tokenizer
 
     @property
     def model(self):
         """The selection model with its LoRA adapter (PEFT), loaded on first use."""
-        self._load_model()
-        if self._peft is None:
-            train = self.warmup_cfg.train
-            self._peft = add_lora(self._model, train.lora, seed=train.seed)
-        return self._peft
+        train = self.warmup_cfg.train
+        return self._handle.peft(train.lora, train.seed)
 
     def loaded_model(self):
         """The selection model as it is now (LoRA-wrapped once ``model`` was used), loaded on
         first use: what a clean copy for fine-tuning or RDS states starts from."""
-        self._load_model()
-        return self._peft if self._peft is not None else self._model
-
-    def _load_model(self) -> None:
-        if self._model is None:
-            self._model, self._tokenizer = load_model(self.model_name)
-            self._model_fp = model_fingerprint(self._model)
+        return self._handle.loaded()
 
     def use_model(self, model, tokenizer) -> None:
         """Use an in-memory model (e.g. ``tiny_llama()``) instead of loading by name."""
-        self._model, self._tokenizer, self._peft = model, tokenizer, None
-        self._model_fp = model_fingerprint(model)
+        self._handle.use(model, tokenizer)
         self._tokenized.clear()
 
     # ------------------------------------------------------------------------ stages
@@ -257,7 +222,7 @@ class Lab:
             self.warmup_cfg,
             self.layout.warmup_dir,
             pad_id=self.tokenizer.pad_token_id,
-            model_fingerprint=self._model_fp,
+            model_fingerprint=self._handle.fingerprint,
             progress=self.progress,
         )
         self._record_run()
@@ -291,7 +256,7 @@ class Lab:
                     cfg=self.grad_cfg,
                     checkpoint=ckpt,
                     pad_id=self.tokenizer.pad_token_id,
-                    model_fingerprint=self._model_fp,
+                    model_fingerprint=self._handle.fingerprint,
                     progress=self.progress,
                 )
             )
@@ -374,33 +339,10 @@ class Lab:
         under ``seeds/``, the same pool, targets and a clean copy of the base model)."""
         if seed == self.warmup_cfg.seed:
             return self
-        seeded = Lab(
-            self.layout.seed_run(seed).root,
-            model=self.model_name,
-            data=self.data_cfg,
-            warmup=replace(self.warmup_cfg, seed=seed),
-            gradients=self.grad_cfg,
-            scoring=self.score_cfg,
-            select=self.select_cfg,
-            progress=self.progress,
-        )
-        seeded.pool, seeded.targets = self.pool, dict(self.targets)
+        run_dir = self.layout.seed_run(seed).root
+        seeded = self.with_config(run_dir, warmup=replace(self.warmup_cfg, seed=seed))
         seeded.use_model(clean_copy(self.loaded_model()), self.tokenizer)
         return seeded
-
-    def reliability(self, target: str) -> Reliability | None:
-        """Split-half projection reliability of ``target``'s scores (None for exact features)."""
-        pool_stores = self.datastore("pool")
-        if pool_stores[0].meta["projection"]["kind"] == "none":
-            return None
-        return split_half(
-            pool_stores,
-            self.datastore(target),
-            self.targets[target],
-            [c.lr for c in self.checkpoints()],
-            self.score_cfg,
-            self.select_cfg,
-        )
 
     def select_balanced(
         self,
@@ -418,94 +360,39 @@ class Lab:
         out = self.selection_dir(target, balanced=True, cfg=cfg)
         return Selection(target, top, self._write_selection(top, out, long, cfg), None, long)
 
+    def reliability(self, target: str) -> Reliability | None:
+        """Split-half projection reliability of ``target``'s scores (None for exact
+        features; ``inspection.reliability``)."""
+        return inspection.reliability(self, target)
+
     def diagnostics(self, target: str, selection: Selection | None = None, *, adam_sample: int = 8):
         """Can this selection be trusted? Reliability, Adam health, selection shape,
-        truncation (``checks.diagnostics.summary``; ``print`` it or use ``.frames()``).
-        Reuses the split-half check of ``selection`` (made by ``select``)."""
-        selection = selection if selection is not None else self.select(target)
-        tok = self.tokenized("pool")
-        report = selection_report(
-            selection.frame,
-            self.pool,
-            tok,
-            subtasks=sorted(self.targets[target]["subtask"].unique()),
-        )
-        adam = None
-        if self.grad_cfg.pool_feature == "adam":
-            adam = adam_health(
-                self.checkpoints(),
-                self.grad_cfg,
-                model=self.model,
-                tokenized=tok,
-                pad_id=self.tokenizer.pad_token_id,
-                sample=adam_sample,
-            )
-        return summary(
-            self.datastore("pool"),
-            self.datastore(target),
-            self.targets[target],
-            [c.lr for c in self.checkpoints()],
-            score_cfg=self.score_cfg,
-            select_cfg=self.select_cfg,
-            selection=report,
-            adam=adam,
-            tokenized_pool=tok,
-            dropped=self.dropped.get("pool"),
-            pool=self.pool,
-            reliability=selection.reliability,
-        )
+        truncation (``inspection.diagnostics``; ``print`` it or use ``.frames()``)."""
+        return inspection.diagnostics(self, target, selection, adam_sample=adam_sample)
+
+    def explore(self, target: str, **views: Any):
+        """Interactive views of a finished selection (``inspection.explore``)."""
+        return inspection.explore(self, target, **views)
 
     def exact(self) -> Lab:
         """This run with unprojected features (projection='none'): exact cosines to compare."""
         return self.with_config(gradients=replace(self.grad_cfg, projection="none"))
 
-    def explore(self, target: str, **views: Any):
-        """Interactive views of a finished selection: top/negative examples, similarity
-        curves, subset distribution, lengths, neighbours (``views.widgets.explore``).
-        Reads the scores and selection ``select`` wrote; never recomputes a stage."""
-        out = self.selection_dir(target)
-        if not (out / "scores.parquet").exists():
-            raise FileNotFoundError(
-                f"{out / 'scores.parquet'} not found: run lab.select({target!r})"
-            )
-        tokenized = views.pop("tokenized", None)
-        tokenized = tokenized if tokenized is not None else self.cached_tokenized("pool")
-        return explore_views(
-            pl.read_parquet(out / "scores.parquet"),
-            pl.read_parquet(out / "selection.parquet"),
-            self.pool,
-            targets=self.targets[target],
-            tokenized=tokenized,
-            pool_stats=self._pool_stats() if tokenized is not None else None,
-            **views,
-        )
-
-    def _pool_stats(self) -> pl.DataFrame | None:
-        """Stats of the pool store at the last warmup checkpoint, if that store is complete."""
-        done = [d for d in self.store_dirs("pool") if (d / "meta.json").exists()]
-        return stats_frame(open_store(done[-1], verify=False)) if done else None
-
     def _extra_pool_columns(self) -> list[str]:
         return [c for c in ("skill", "form") if self.pool is not None and c in self.pool.columns]
 
-    def with_config(self, **changes) -> Lab:
-        """A Lab on the same run dir and data with some configs replaced, e.g.
-        ``lab.with_config(scoring=replace(lab.score_cfg, method="dot"))``. Changing the
-        run's own settings (data, warmup) on a recorded run is refused."""
-        kwargs = {
-            "data": self.data_cfg,
-            "warmup": self.warmup_cfg,
-            "gradients": self.grad_cfg,
-            "scoring": self.score_cfg,
-            "select": self.select_cfg,
-            **changes,
-        }
-        lab = Lab(self.run_dir, model=self.model_name, progress=self.progress, **kwargs)
+    def with_config(self, run_dir: str | Path | None = None, **changes) -> Lab:
+        """A Lab on the same data with some configs replaced, e.g.
+        ``lab.with_config(scoring=replace(lab.score_cfg, method="dot"))``, on the same run
+        dir unless ``run_dir`` is given. Changing the run's own settings (data, warmup) on
+        a recorded run is refused."""
+        cfgs = ("data", "warmup", "gradients", "scoring", "select")
+        kwargs = dict(zip(cfgs, self._configs(), strict=True)) | changes
+        run_dir = self.run_dir if run_dir is None else run_dir
+        lab = Lab(run_dir, model=self.model_name, progress=self.progress, **kwargs)
         lab.pool, lab.targets = self.pool, dict(self.targets)
-        lab._model, lab._tokenizer, lab._model_fp = self._model, self._tokenizer, self._model_fp
-        lab._peft = self._peft
-        if "warmup" in changes:  # another LoRA shape needs a fresh, un-wrapped base model
-            lab._model = lab._tokenizer = lab._peft = None
+        if "warmup" not in changes:  # another LoRA shape needs a fresh, un-wrapped base model
+            lab._handle = self._handle.copy_for()
         lab._tokenized = dict(self._tokenized) if "data" not in changes else {}
         return lab
 

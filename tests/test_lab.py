@@ -15,9 +15,9 @@ from less_lab import (
     TrainConfig,
     WarmupConfig,
 )
-from less_lab.config import build_configs
 from less_lab.data.demo_pool import demo_pool, demo_targets
 from less_lab.lab import Lab
+from less_lab.overrides import build_configs
 
 
 def _lab(tmp_path, tiny_model, tiny_tokenizer) -> Lab:

@@ -1,9 +1,9 @@
 """The package's layers, checked from its source with ``ast`` (no import is run).
 
-Layers, lowest first (README "Files"): the base modules (``config``, ``errors``,
-``layout``, ``_io``, ``_version``) → ``data`` → ``model`` → ``core`` → ``checks`` and
-``evaluate`` (siblings: neither imports the other) → ``views`` → the facade (``compare``
-→ ``lab`` → ``demo`` → ``cli``). A module may import its own subpackage and any lower
+Layers, lowest first (README "Files"): the base modules (``config``, ``overrides``,
+``errors``, ``layout``, ``_io``, ``_version``) → ``data`` → ``model`` → ``core`` → ``checks`` and
+``evaluate`` (siblings: neither imports the other) → ``views`` → the facade (``compare``,
+``inspection`` → ``lab`` → ``demo`` → ``cli``). A module may import its own subpackage and any lower
 layer, never a higher one; ``views`` take frames and never import the datastore, the
 pipeline, training, model loading or the facade; no ``_private`` name is imported from
 another module; the import graph (function-level imports included) has no cycle. Size:
@@ -19,9 +19,9 @@ from pathlib import Path
 import pytest
 
 PACKAGE = Path(__file__).resolve().parents[1] / "less_lab"
-BASE = {"config", "errors", "layout", "_io", "_version"}
+BASE = {"config", "overrides", "errors", "layout", "_io", "_version"}
 SUBPACKAGES = {"data": 1, "model": 2, "core": 3, "checks": 4, "evaluate": 4, "views": 5}
-FACADE = {"compare": 6, "lab": 7, "demo": 8, "cli": 9, "__main__": 10}
+FACADE = {"compare": 6, "inspection": 6, "lab": 7, "demo": 8, "cli": 9, "__main__": 10}
 VIEWS_MUST_NOT_IMPORT = (
     "less_lab.core.datastore",
     "less_lab.core.pipeline",

@@ -162,6 +162,7 @@ def _raw_markup(text: str) -> list[str]:
 
 def test_dataset_text_is_inert_in_the_html_views():
     widgets = pytest.importorskip("less_lab.views.widgets")
+    html_views = pytest.importorskip("less_lab.views.html")
     ids = [f"{EVIL}{i}" for i in range(3)]
     pool = pl.DataFrame(
         {
@@ -194,7 +195,7 @@ def test_dataset_text_is_inert_in_the_html_views():
         "table": view.table.value,
         "detail": view.detail.value,
         "figure": "\n".join(figure_strings),
-        "conversation": widgets.conversation_html(pool["messages"][0].to_list()),
+        "conversation": html_views.conversation_html(pool["messages"][0].to_list()),
     }
     assert _raw_markup(EVIL) and _raw_markup('<b class=x onmouseover="y">')  # the check bites
     for name, text in outputs.items():

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import polars as pl
@@ -290,3 +291,24 @@ def selection_report(
     if tv > max_source_shift:
         warnings.append(f"source mix differs from the pool by {tv:.0%} (total variation)")
     return SelectionReport(counts, sources, lengths, warnings)
+
+
+@dataclass(frozen=True)
+class Selection:
+    """What ``Lab.select`` made: the selected rows, where they were written, the
+    split-half reliability checked with them (None for exact features) and the long
+    per-subtask scores they were picked from."""
+
+    target: str
+    frame: pl.DataFrame
+    paths: dict[str, Path]
+    reliability: Any = None
+    """A ``checks.reliability.Reliability`` (the facade fills it in)."""
+    scores: pl.DataFrame | None = field(default=None, repr=False)
+
+    @property
+    def directory(self) -> Path:
+        return self.paths["selected"].parent
+
+    def __len__(self) -> int:
+        return self.frame.height
