@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import replace
 
 import polars as pl
+import pytest
 
 from less_lab import (
     DataConfig,
@@ -16,6 +17,7 @@ from less_lab import (
     WarmupConfig,
 )
 from less_lab.data.demo_pool import demo_pool, demo_targets
+from less_lab.errors import ConfigError, DataError, SettingsMismatchError
 from less_lab.lab import Lab
 from less_lab.overrides import build_configs
 
@@ -90,3 +92,43 @@ def test_cli_set_overrides_nested_fields():
     )
     assert c["warmup"].train.lora.r == 8 and c["data"].max_length == 64
     assert c["select"].k == 3 and c["warmup"].train.betas == (0.9, 0.95)
+
+
+# ------------------------------------------------------------ refusals, before any work
+
+
+def test_run_settings_are_recorded_once_and_a_changed_warmup_is_refused(
+    tmp_path, tiny_model, tiny_tokenizer
+):
+    lab = _lab(tmp_path, tiny_model, tiny_tokenizer)
+    assert not lab.layout.lab_json.exists()  # nothing ran yet: nothing recorded
+    lab.warmup()
+    recorded = lab.layout.lab_json.read_text()
+    assert '"learning_rate": 0.001' in recorded
+    faster = replace(lab.warmup_cfg, train=replace(lab.warmup_cfg.train, learning_rate=2e-3))
+    with pytest.raises(SettingsMismatchError) as err:
+        Lab(lab.run_dir, data=lab.data_cfg, warmup=faster, progress=False)
+    assert "warmup.train.learning_rate: on disk 0.001, now 0.002" in str(err.value)
+    with pytest.raises(SettingsMismatchError, match="warmup.fraction"):
+        lab.with_config(warmup=replace(lab.warmup_cfg, fraction=0.5))
+    assert lab.layout.lab_json.read_text() == recorded  # a refused Lab wrote nothing
+    # variants are free: another projection is another store and another selection
+    lab.with_config(gradients=replace(lab.grad_cfg, proj_dim=128))
+
+
+def test_empty_and_oversized_inputs_are_refused_before_any_work(tmp_path):
+    lab = Lab(tmp_path / "run", select=SelectConfig(k=50), progress=False)
+    with pytest.raises(DataError, match="pool is empty"):
+        lab.set_pool(demo_pool().head(0))
+    with pytest.raises(ConfigError, match=r"select.k=50: expected at most the pool size \(30\)"):
+        lab.set_pool(demo_pool().head(30))
+    with pytest.raises(DataError, match="no examples"):
+        lab.add_target("t", demo_targets().head(0))
+    assert not any(lab.run_dir.rglob("*"))  # the run directory stays clean and usable
+
+
+@pytest.mark.parametrize("name", ["..", "", "a/b", "../x", ".hidden", "-x", "pool", "a\\b"])
+def test_target_names_must_be_plain(tmp_path, name):
+    lab = Lab(tmp_path / "run", progress=False)
+    with pytest.raises(ConfigError):
+        lab.add_target(name, demo_targets())

@@ -13,6 +13,7 @@ Chat formatting and tokenization (completion-only labels) are in
 
 from __future__ import annotations
 
+import gzip
 import json
 import os
 import tempfile
@@ -43,16 +44,24 @@ Messages = list[dict[str, str]]
 # --------------------------------------------------------------------------- reading
 
 
-def resolve_files(paths: str | Path | Sequence[str | Path], pattern: str = "*.jsonl") -> list[Path]:
+DATA_PATTERNS = ("*.jsonl", "*.jsonl.gz")
+"""What a pool directory stands for: JSONL files, gzip-compressed or not."""
+
+
+def resolve_files(
+    paths: str | Path | Sequence[str | Path], pattern: str | Sequence[str] = DATA_PATTERNS
+) -> list[Path]:
     """Files named by ``paths``; a directory stands for its ``pattern`` files, sorted."""
     if isinstance(paths, (str, os.PathLike)):
         paths = [paths]
+    patterns = [pattern] if isinstance(pattern, str) else list(pattern)
     files: list[Path] = []
     for item in map(Path, paths):
         if item.is_dir():
-            found = sorted(p for p in item.glob(pattern) if p.is_file())
+            found = sorted({p for pat in patterns for p in item.glob(pat) if p.is_file()})
             if not found:
-                raise DataError("directory holds no data files", path=item, expected=pattern)
+                what = "directory holds no data files"
+                raise DataError(what, path=item, expected=" or ".join(patterns))
             files.extend(found)
         elif item.is_file():
             files.append(item)
@@ -61,32 +70,51 @@ def resolve_files(paths: str | Path | Sequence[str | Path], pattern: str = "*.js
     return files
 
 
+def file_stem(path: Path) -> str:
+    """A data file's name without its data suffixes (``a.jsonl.gz`` -> ``a``): the default
+    source and id prefix of its records."""
+    name = path.name
+    for suffix in (".gz", ".jsonl", ".json"):
+        name = name.removesuffix(suffix)
+    return name
+
+
 def iter_json_lines(path: Path, max_line_bytes: int) -> Iterator[tuple[int, str | DataError]]:
     """``(line_no, text)`` per non-blank line, or ``(line_no, DataError)`` for a line that
     is too long or not UTF-8. An over-long line is skipped in chunks, never held whole,
-    so one corrupt multi-GB line cannot exhaust memory."""
-    with open(path, "rb") as fh:
-        line_no = 0
-        while chunk := fh.readline(max_line_bytes + 1):
-            line_no += 1
-            if len(chunk) > max_line_bytes and not chunk.endswith(b"\n"):
-                while chunk and not chunk.endswith(b"\n"):
-                    chunk = fh.readline(1 << 20)
-                what = f"line longer than {max_line_bytes} bytes"
-                yield line_no, DataError(what, path=path, line=line_no, expected="shorter lines")
-                continue
-            if chunk.endswith(b"\n"):
-                chunk = chunk[:-1]
-            if line_no == 1 and chunk.startswith(b"\xef\xbb\xbf"):
-                chunk = chunk[3:]  # a UTF-8 byte-order mark is not part of the record
-            try:
-                text = chunk.decode("utf-8")
-            except UnicodeDecodeError as err:
-                what = f"invalid UTF-8 byte at column {err.start + 1}"
-                yield line_no, DataError(what, path=path, line=line_no, expected="UTF-8 text")
-                continue
-            if text.strip():
-                yield line_no, text
+    so one corrupt multi-GB line cannot exhaust memory. ``*.gz`` files are read through
+    gzip (a truncated archive is an error naming the file)."""
+    opener = gzip.open if path.suffix == ".gz" else open
+    try:
+        with opener(path, "rb") as fh:
+            yield from _lines(fh, path, max_line_bytes)
+    except (OSError, EOFError) as err:
+        raise DataError(f"cannot read ({err})", path=path, expected="a readable file") from None
+
+
+def _lines(fh: Any, path: Path, max_line_bytes: int) -> Iterator[tuple[int, str | DataError]]:
+    """The lines of an open binary file (see ``iter_json_lines``)."""
+    line_no = 0
+    while chunk := fh.readline(max_line_bytes + 1):
+        line_no += 1
+        if len(chunk) > max_line_bytes and not chunk.endswith(b"\n"):
+            while chunk and not chunk.endswith(b"\n"):
+                chunk = fh.readline(1 << 20)
+            what = f"line longer than {max_line_bytes} bytes"
+            yield line_no, DataError(what, path=path, line=line_no, expected="shorter lines")
+            continue
+        if chunk.endswith(b"\n"):
+            chunk = chunk[:-1]
+        if line_no == 1 and chunk.startswith(b"\xef\xbb\xbf"):
+            chunk = chunk[3:]  # a UTF-8 byte-order mark is not part of the record
+        try:
+            text = chunk.decode("utf-8")
+        except UnicodeDecodeError as err:
+            what = f"invalid UTF-8 byte at column {err.start + 1}"
+            yield line_no, DataError(what, path=path, line=line_no, expected="UTF-8 text")
+            continue
+        if text.strip():
+            yield line_no, text
 
 
 def load_json_object(text: str, path: Path, line: int) -> dict[str, Any]:
@@ -101,6 +129,11 @@ def load_json_object(text: str, path: Path, line: int) -> dict[str, Any]:
     if not isinstance(obj, dict):
         what = f"a JSON {type(obj).__name__} is not an object"
         raise DataError(what, path=path, line=line, expected="one JSON object per line")
+    try:  # JSON escapes can spell lone surrogates, which no later stage can encode
+        json.dumps(obj, ensure_ascii=False).encode("utf-8")
+    except UnicodeEncodeError as err:
+        what = f"text holds an unpaired surrogate {err.object[err.start : err.end]!r}"
+        raise DataError(what, path=path, line=line, expected="valid Unicode text") from None
     return obj
 
 
@@ -147,7 +180,7 @@ def record_id(obj: dict[str, Any], path: Path, line: int) -> str:
     """The record's ``id`` (string or integer), else ``{file stem}_{line}``."""
     value = obj.get("id")
     if value is None:
-        return f"{path.stem}_{line}"
+        return f"{file_stem(path)}_{line}"
     if isinstance(value, bool) or not isinstance(value, (str, int)) or value == "":
         raise DataError(f"bad id {value!r}", path=path, line=line, expected="a string or integer")
     return str(value)
@@ -158,7 +191,7 @@ def _pool_row(text: str, path: Path, line: int) -> dict[str, Any]:
     fmt, messages = parse_example(obj, path, line)
     source = obj.get("dataset", obj.get("source"))
     if source is None:
-        source = path.stem
+        source = file_stem(path)
     elif not isinstance(source, str):
         raise DataError(f"bad source {source!r}", path=path, line=line, expected="a string")
     eid = record_id(obj, path, line)

@@ -428,3 +428,27 @@ def test_whole_pool_tokenizes_in_seconds(pool, tiny_tokenizer) -> None:
     assert (lengths == out["n_tokens"]).all() and (out["labels"].list.len() == lengths).all()
     assert out["source"].to_list() == pool["source"].to_list()
     assert elapsed < 60, f"tokenize took {elapsed:.1f} s for {pool.height} examples"
+
+
+def test_lone_surrogate_is_a_per_line_error_and_skip_keeps_the_rest(tmp_path):
+    good = '{"id": "a", "prompt": "q", "completion": "fine"}'
+    bad = '{"id": "b", "prompt": "q", "completion": "broken \\ud800 text"}'
+    path = tmp_path / "pool.jsonl"
+    path.write_text(good + "\n" + bad + "\n")
+    with pytest.raises(DataError, match=r"pool.jsonl:2: text holds an unpaired surrogate"):
+        read_pool(path)
+    frame, report = read_pool_with_report(path, on_error="skip")
+    assert frame["example_id"].to_list() == ["a"]
+    assert report.rows() == [(str(path), 2, "text holds an unpaired surrogate '\\ud800'; "
+                                            "expected valid Unicode text")]  # fmt: skip
+
+
+def test_gzip_pool_is_read_and_a_truncated_archive_names_its_file(tmp_path):
+    import gzip
+
+    line = '{"id": "a", "prompt": "q", "completion": "fine"}\n'
+    (tmp_path / "x.jsonl.gz").write_bytes(gzip.compress(line.encode()))
+    assert read_pool(tmp_path)["example_id"].to_list() == ["a"]
+    (tmp_path / "x.jsonl.gz").write_bytes(gzip.compress((line * 200).encode())[:40])
+    with pytest.raises(DataError, match=r"x.jsonl.gz: cannot read"):
+        read_pool(tmp_path)
