@@ -18,6 +18,10 @@ import polars as pl
 import torch
 
 from less_lab.config import GradientConfig
+from less_lab.core.gradients import per_example_gradients
+from less_lab.core.training import load_adapter
+from less_lab.data.batching import collate, token_budget_batches
+from less_lab.model.lora import block_names, lora_modules
 
 DEFAULT_GRAD = GradientConfig()
 EPS_SHARE_SCHEMA = {
@@ -118,11 +122,6 @@ def momentum_table(
     (1 means Adam's preconditioning did nothing: momentum-SGD), and the eps share with the
     example's own ``g²`` included. ``model`` is the PEFT selection model; each checkpoint's
     adapter is loaded into it."""
-    from less_lab.core.gradients import per_example_gradients
-    from less_lab.core.training import load_adapter
-    from less_lab.data.batching import collate, token_budget_batches
-    from less_lab.model.lora import block_names, lora_modules
-
     rows = []
     for ckpt in checkpoints:
         load_adapter(model, ckpt)

@@ -24,6 +24,7 @@ from less_lab.core.projection import make_projector
 from less_lab.core.scoring import aggregate, long_frame, subtask_scores
 from less_lab.core.training import Checkpoint, load_adapter, train_lora
 from less_lab.data.batching import collate, token_budget_batches
+from less_lab.model.loading import file_fingerprint
 from less_lab.model.lora import block_names, block_shapes, lora_modules
 
 
@@ -108,8 +109,6 @@ def store_settings(
     data_fp: str,
 ) -> dict:
     """Everything that determines a store's values; a mismatch on reuse is refused."""
-    from less_lab.model.loading import file_fingerprint
-
     ckpt = None
     if checkpoint is not None:
         ckpt = {"epoch": checkpoint.epoch, "fingerprint": file_fingerprint(checkpoint.path)}

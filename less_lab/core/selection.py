@@ -12,6 +12,7 @@ import polars as pl
 
 from less_lab._io import write_parquet
 from less_lab.config import SelectConfig
+from less_lab.data.pool import write_jsonl
 
 
 def selection_size(n: int, cfg: SelectConfig) -> int:
@@ -44,8 +45,6 @@ def write_selection(
 ) -> dict[str, Path]:
     """Write ``selected.jsonl`` (the original pool lines, best first) and parquet files of
     the selection and, if given, all scores. Returns the paths written."""
-    from less_lab.data.pool import write_jsonl
-
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     rows = selected.select("example_id", "rank").join(pool, on="example_id", how="left")
