@@ -28,11 +28,11 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout
-from less_lab.core.projection import (  # noqa: E402
+from less_lab.core.projection_dense import (  # noqa: E402
     RademacherProjector,
-    SparseSignProjector,
     TrakBasicProjector,
 )
+from less_lab.core.projection_sparse import SparseSignProjector  # noqa: E402
 
 HIDDEN, KV_DIM, LAYERS = 576, 192, 30
 

@@ -183,7 +183,6 @@ def summary(
     (``selection.selection_report``) and truncation (from ``tokenized_pool``/``dropped``)
     are given, with every warning in one list. ``reliability``: a split-half result already
     computed for these stores (``Lab.select`` makes one), so it is not computed twice."""
-    warnings: list[str] = []
     rel = reliability
     if rel is None and pool_stores[0].meta["projection"]["kind"] != "none":
         rel = split_half(
@@ -195,20 +194,37 @@ def summary(
             select_cfg,
             target=target_reliability,
         )
-    if rel is not None:
-        if not rel.r_full >= min_reliability:
-            need = (
-                "no d would help: the halves share no signal"
-                if rel.d_needed is None
-                else f"d ~ {rel.d_needed:,} would reach {rel.target}"
-            )
-            warnings.append(
-                f"projection noise: the d={rel.d} score has reliability {rel.r_full:.2f} "
-                f"(per subtask {rel.r_full_subtasks:.2f}) and the top-{rel.k} of two "
-                f"independent halves share {rel.overlap} (chance {rel.chance:.1f}); {need}, "
-                "or score exactly with projection='none'"
-            )
-    cosines = pl.DataFrame(
+    warnings = _reliability_warnings(rel, min_reliability)
+    cosines = _pairwise_cosines(pool_stores)
+    trunc = None
+    if tokenized_pool is not None:
+        trunc = truncation_report(tokenized_pool, dropped, pool)
+        warnings += _truncation_warnings(trunc, max_dropped_share)
+    warnings += adam.warnings if adam is not None else []
+    warnings += selection.warnings if selection is not None else []
+    return Diagnostics(rel, adam, selection, trunc, cosines, warnings)
+
+
+def _reliability_warnings(rel: Reliability | None, min_reliability: float) -> list[str]:
+    """A warning when the split-half reliability is below ``min_reliability``."""
+    if rel is None or rel.r_full >= min_reliability:
+        return []
+    need = (
+        "no d would help: the halves share no signal"
+        if rel.d_needed is None
+        else f"d ~ {rel.d_needed:,} would reach {rel.target}"
+    )
+    return [
+        f"projection noise: the d={rel.d} score has reliability {rel.r_full:.2f} "
+        f"(per subtask {rel.r_full_subtasks:.2f}) and the top-{rel.k} of two "
+        f"independent halves share {rel.overlap} (chance {rel.chance:.1f}); {need}, "
+        "or score exactly with projection='none'"
+    ]
+
+
+def _pairwise_cosines(pool_stores: Sequence[Store]) -> pl.DataFrame:
+    """``checkpoint, mean_cosine``: the mean pairwise cosine of each pool store."""
+    return pl.DataFrame(
         [
             ((s.meta.get("checkpoint") or {}).get("epoch", i), mean_pairwise_cosine(s))
             for i, s in enumerate(pool_stores)
@@ -216,15 +232,14 @@ def summary(
         schema={"checkpoint": pl.Int64, "mean_cosine": pl.Float64},
         orient="row",
     )
-    trunc = None
-    if tokenized_pool is not None:
-        trunc = truncation_report(tokenized_pool, dropped, pool)
-        lost, n = int(trunc["dropped"].sum()), int(trunc["n"].sum())
-        if n and lost / n > max_dropped_share:
-            warnings.append(
-                f"{lost} of {n} pool examples lost their whole completion to "
-                "truncation: raise max_length or use truncation='prompt_left'"
-            )
-    warnings += adam.warnings if adam is not None else []
-    warnings += selection.warnings if selection is not None else []
-    return Diagnostics(rel, adam, selection, trunc, cosines, warnings)
+
+
+def _truncation_warnings(trunc: pl.DataFrame, max_dropped_share: float) -> list[str]:
+    """A warning when more than ``max_dropped_share`` of the pool lost its completion."""
+    lost, n = int(trunc["dropped"].sum()), int(trunc["n"].sum())
+    if n and lost / n > max_dropped_share:
+        return [
+            f"{lost} of {n} pool examples lost their whole completion to "
+            "truncation: raise max_length or use truncation='prompt_left'"
+        ]
+    return []

@@ -210,29 +210,8 @@ def train_lora(
         unit="step",
     )
     for epoch in range(len(checkpoints) + 1, cfg.epochs + 1):
-        torch.manual_seed(cfg.seed * 100_003 + epoch)  # dropout stream of this epoch
-        order = _epoch_order(n, cfg.seed, epoch)
-        lrs, losses = [], []
-        for s in range(steps_per_epoch):
-            step = (epoch - 1) * steps_per_epoch + s
-            lr = lr_at(step, total, cfg)
-            for group in optimizer.param_groups:
-                group["lr"] = lr
-            rows = order[s * cfg.batch_size : (s + 1) * cfg.batch_size]
-            losses.append(_optimizer_step(model, optimizer, rows, data, cfg, pad_id))
-            lrs.append(lr)
-            bar.update(1)
-            bar.set_postfix(epoch=epoch, loss=f"{losses[-1]:.3f}")
-        info = {
-            "epoch": epoch,
-            "step": (epoch) * steps_per_epoch,
-            "lr": sum(lrs) / len(lrs),
-            "betas": list(cfg.betas),
-            "eps": cfg.eps,
-            "train_loss": sum(losses) / len(losses),
-            "n_examples": n,
-            "config": to_dict(cfg),
-        }
+        lrs, losses = _train_epoch(model, optimizer, data, cfg, pad_id, epoch, bar)
+        info = _epoch_state(cfg, epoch, epoch * steps_per_epoch, n, lrs, losses)
         ckpt = _save_checkpoint(model, optimizer, out_dir / f"epoch-{epoch}", info)
         checkpoints.append(ckpt)
         if on_epoch is not None:
@@ -240,6 +219,47 @@ def train_lora(
     bar.close()
     model.eval()
     return checkpoints
+
+
+def _train_epoch(
+    model, optimizer, data: pl.DataFrame, cfg: TrainConfig, pad_id: int, epoch: int, bar: tqdm
+) -> tuple[list[float], list[float]]:
+    """The optimizer steps of one epoch (1-based); returns each step's learning rate and
+    loss. The dropout stream and data order are functions of (seed, epoch) alone."""
+    n = data.height
+    steps_per_epoch = math.ceil(n / cfg.batch_size)
+    total = steps_per_epoch * cfg.epochs
+    torch.manual_seed(cfg.seed * 100_003 + epoch)  # dropout stream of this epoch
+    order = _epoch_order(n, cfg.seed, epoch)
+    lrs, losses = [], []
+    for s in range(steps_per_epoch):
+        step = (epoch - 1) * steps_per_epoch + s
+        lr = lr_at(step, total, cfg)
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        rows = order[s * cfg.batch_size : (s + 1) * cfg.batch_size]
+        losses.append(_optimizer_step(model, optimizer, rows, data, cfg, pad_id))
+        lrs.append(lr)
+        bar.update(1)
+        bar.set_postfix(epoch=epoch, loss=f"{losses[-1]:.3f}")
+    return lrs, losses
+
+
+def _epoch_state(
+    cfg: TrainConfig, epoch: int, step: int, n: int, lrs: list[float], losses: list[float]
+) -> dict:
+    """The ``state.json`` of an epoch checkpoint: ``lr`` and ``train_loss`` are the means
+    over the epoch's steps."""
+    return {
+        "epoch": epoch,
+        "step": step,
+        "lr": sum(lrs) / len(lrs),
+        "betas": list(cfg.betas),
+        "eps": cfg.eps,
+        "train_loss": sum(losses) / len(losses),
+        "n_examples": n,
+        "config": to_dict(cfg),
+    }
 
 
 def import_hf_checkpoint(
@@ -259,6 +279,36 @@ def import_hf_checkpoint(
         raise FileNotFoundError(f"{opt_file}: not found; LESS needs the optimizer state")
     opt = torch.load(opt_file, map_location="cpu", weights_only=True)
     trainer = json.loads((src / "trainer_state.json").read_text())
+    moments, step = _hf_moments(opt, model, opt_file)
+    group = opt["param_groups"][0]
+    epoch = max(1, round(float(trainer.get("epoch", 1))))
+    if lr is None:
+        lr = _hf_epoch_lr(trainer, epoch, src)
+    dest.mkdir(parents=True, exist_ok=True)
+    shutil.copytree(
+        src,
+        dest / "adapter",
+        dirs_exist_ok=True,
+        ignore=shutil.ignore_patterns("optimizer.pt", "*.pth", "rng_state*"),
+    )
+    save_file(moments, dest / "optimizer.safetensors")
+    info = {
+        "epoch": epoch,
+        "step": step or int(trainer.get("global_step", 0)),
+        "lr": lr,
+        "betas": list(group["betas"]),
+        "eps": group["eps"],
+        "imported_from": str(src),
+    }
+    (dest / STATE_FILE).write_text(json.dumps(info, indent=1))
+    return Checkpoint.load(dest)
+
+
+def _hf_moments(
+    opt: dict, model: torch.nn.Module, opt_file: Path
+) -> tuple[dict[str, torch.Tensor], int]:
+    """The Trainer's Adam moments keyed ``<canonical name>.exp_avg`` / ``.exp_avg_sq``
+    (fp32, shapes checked against the model) and the step count of the last entry."""
     params = [(canonical_name(n), p) for n, p in model.named_parameters() if p.requires_grad]
     order = [i for g in opt["param_groups"] for i in g["params"]]
     moments, step = {}, 0
@@ -279,35 +329,19 @@ def import_hf_checkpoint(
         moments[f"{name}.exp_avg"] = st["exp_avg"].float().contiguous()
         moments[f"{name}.exp_avg_sq"] = st["exp_avg_sq"].float().contiguous()
         step = int(st["step"])
-    group = opt["param_groups"][0]
-    epoch = max(1, round(float(trainer.get("epoch", 1))))
-    if lr is None:
-        logged = [
-            h["learning_rate"]
-            for h in trainer.get("log_history", [])
-            if "learning_rate" in h and epoch - 1 < h.get("epoch", 0) <= epoch
-        ]
-        if not logged:
-            raise ValueError(
-                f"{src / 'trainer_state.json'}: no learning rates logged for "
-                f"epoch {epoch}; pass lr= explicitly"
-            )
-        lr = sum(logged) / len(logged)
-    dest.mkdir(parents=True, exist_ok=True)
-    shutil.copytree(
-        src,
-        dest / "adapter",
-        dirs_exist_ok=True,
-        ignore=shutil.ignore_patterns("optimizer.pt", "*.pth", "rng_state*"),
-    )
-    save_file(moments, dest / "optimizer.safetensors")
-    info = {
-        "epoch": epoch,
-        "step": step or int(trainer.get("global_step", 0)),
-        "lr": lr,
-        "betas": list(group["betas"]),
-        "eps": group["eps"],
-        "imported_from": str(src),
-    }
-    (dest / STATE_FILE).write_text(json.dumps(info, indent=1))
-    return Checkpoint.load(dest)
+    return moments, step
+
+
+def _hf_epoch_lr(trainer: dict, epoch: int, src: Path) -> float:
+    """The mean of the learning rates the Trainer logged during ``epoch``."""
+    logged = [
+        h["learning_rate"]
+        for h in trainer.get("log_history", [])
+        if "learning_rate" in h and epoch - 1 < h.get("epoch", 0) <= epoch
+    ]
+    if not logged:
+        raise ValueError(
+            f"{src / 'trainer_state.json'}: no learning rates logged for "
+            f"epoch {epoch}; pass lr= explicitly"
+        )
+    return sum(logged) / len(logged)

@@ -179,12 +179,7 @@ def finetune(
     ``messages``), call ``eval_fn(model) -> {metric: value}`` after every epoch, and load
     the best epoch by ``metric``. ``eval_key`` names the evaluation: cached metrics made
     under another key are recomputed (the checkpoints are kept)."""
-    tokenized, dropped = tokenize(train_frame, tokenizer, data_cfg) if tokenizer else (None, None)
-    model, tokenizer = resolve_model(base_model, tokenizer)
-    if tokenized is None:
-        tokenized, dropped = tokenize(train_frame, tokenizer, data_cfg)
-    if tokenized.height == 0:
-        raise ValueError(f"nothing to train on: all {train_frame.height} examples were dropped")
+    model, tokenizer, tokenized = _model_and_data(base_model, tokenizer, train_frame, data_cfg)
     settings = {
         "data": data_fingerprint(tokenized),
         "model": model_fingerprint(model),
@@ -209,6 +204,37 @@ def finetune(
         on_epoch=on_epoch,
         progress=progress,
     )
+    history = _history(model, ckpts, done, eval_fn, eval_key)
+    best = best_epoch(history, metric, maximize)
+    load_adapter(model, ckpts[best - 1])
+    model.eval()
+    return FinetuneResult(history, best, metric, ckpts, model, tokenizer, out_dir)
+
+
+def _model_and_data(
+    base_model: Any, tokenizer: Any, train_frame: pl.DataFrame, data_cfg: DataConfig
+) -> tuple[torch.nn.Module, Any, pl.DataFrame]:
+    """``(fresh model, tokenizer, tokenized train_frame)``; with a tokenizer given, the
+    frame is tokenized before the model is loaded, so bad data fails fast."""
+    tokenized, dropped = tokenize(train_frame, tokenizer, data_cfg) if tokenizer else (None, None)
+    model, tokenizer = resolve_model(base_model, tokenizer)
+    if tokenized is None:
+        tokenized, dropped = tokenize(train_frame, tokenizer, data_cfg)
+    if tokenized.height == 0:
+        raise ValueError(f"nothing to train on: all {train_frame.height} examples were dropped")
+    return model, tokenizer, tokenized
+
+
+def _history(
+    model,
+    ckpts: list[Checkpoint],
+    done: dict[int, dict],
+    eval_fn: Callable[[Any], dict],
+    eval_key: str,
+) -> pl.DataFrame:
+    """One row per epoch: ``epoch, step, lr, train_loss`` and the validation metrics
+    (``done``, else cached, else computed now for an epoch trained before an interruption
+    and never evaluated)."""
     rows = []
     for ckpt in ckpts:
         metrics = done.get(ckpt.epoch) or _read_metrics(ckpt, eval_key)
@@ -224,8 +250,4 @@ def finetune(
                 **metrics,
             }
         )
-    history = pl.DataFrame(rows)
-    best = best_epoch(history, metric, maximize)
-    load_adapter(model, ckpts[best - 1])
-    model.eval()
-    return FinetuneResult(history, best, metric, ckpts, model, tokenizer, out_dir)
+    return pl.DataFrame(rows)

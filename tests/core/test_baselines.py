@@ -18,6 +18,9 @@ import torch
 
 from less_lab.config import DataConfig, LoraSettings, SelectConfig
 from less_lab.core import baselines as B
+from less_lab.core.baseline_common import frame_texts, word_tokens
+from less_lab.core.baseline_dsir import ALL_TARGETS, dsir_resample, gumbel_top_k, hashed_ngrams
+from less_lab.core.baseline_rds import last_token_states
 from less_lab.core.scoring import SCORE_SCHEMA, aggregate
 from less_lab.core.selection import select_top
 
@@ -97,11 +100,11 @@ def test_bm25_fast_path_equals_rank_bm25_get_scores() -> None:
     queries = [" ".join(rng.choice(words + ["unseen"], rng.integers(1, 20))) for _ in range(7)]
     subs = ["p", "q", "p", "r", "q", "p", "r"]
     got = B.bm25_scores(frame(docs), frame(queries, subs, prefix="t"), k1=1.2, b=0.6)
-    index = BM25Okapi([B.word_tokens(d) for d in docs], k1=1.2, b=0.6)
+    index = BM25Okapi([word_tokens(d) for d in docs], k1=1.2, b=0.6)
     ref = [
         np.mean(
             [
-                index.get_scores(B.word_tokens(q))
+                index.get_scores(word_tokens(q))
                 for q, s in zip(queries, subs, strict=True)
                 if s == name
             ],
@@ -115,8 +118,8 @@ def test_bm25_fast_path_equals_rank_bm25_get_scores() -> None:
 
 def test_word_tokens_keeps_marks_and_splits_punctuation() -> None:
     words = ["hello", "world", "don", "t", "x", "3", "14"]
-    assert B.word_tokens("Hello, World! don't_x 3.14") == words
-    assert B.word_tokens("বাংলা ভাষা।") == ["বাংলা", "ভাষা"]  # vowel signs stay inside words
+    assert word_tokens("Hello, World! don't_x 3.14") == words
+    assert word_tokens("বাংলা ভাষা।") == ["বাংলা", "ভাষা"]  # vowel signs stay inside words
 
 
 # ----------------------------------------------------------------------------- DSIR
@@ -145,12 +148,12 @@ def test_dsir_prefers_the_example_sharing_target_ngrams() -> None:
 
 def test_dsir_hashing_is_deterministic_across_processes() -> None:
     docs = [["alpha", "beta", "gamma"], ["beta", "gamma", "delta", "alpha"]]
-    rows, buckets = B.hashed_ngrams(docs, 1000, 2, seed=7)
+    rows, buckets = hashed_ngrams(docs, 1000, 2, seed=7)
     assert rows.tolist() == [0, 0, 0, 1, 1, 1, 1, 0, 0, 1, 1, 1]  # 7 unigrams + 5 bigrams
-    again = B.hashed_ngrams(docs, 1000, 2, seed=7)[1]
+    again = hashed_ngrams(docs, 1000, 2, seed=7)[1]
     np.testing.assert_array_equal(buckets, again)
     code = (
-        "from less_lab.core.baselines import hashed_ngrams;"
+        "from less_lab.core.baseline_dsir import hashed_ngrams;"
         "print(hashed_ngrams([['alpha','beta','gamma'],['beta','gamma','delta','alpha']],"
         " 1000, 2, seed=7)[1].tolist())"
     )
@@ -168,9 +171,9 @@ def test_dsir_hashing_is_deterministic_across_processes() -> None:
     # a unigram and the same words as a bigram land in the same buckets in every document
     assert buckets[1] == buckets[3] and buckets[8] == buckets[9]  # "beta", "beta gamma"
     assert buckets[0] == buckets[6]  # "alpha" in both documents
-    swapped = B.hashed_ngrams([["x", "y"], ["y", "x"]], 2**20, 2)[1]
+    swapped = hashed_ngrams([["x", "y"], ["y", "x"]], 2**20, 2)[1]
     assert swapped[4] != swapped[5]  # bigrams "x y" and "y x" differ: order matters
-    other = B.hashed_ngrams(docs, 1000, 2, seed=8)[1]
+    other = hashed_ngrams(docs, 1000, 2, seed=8)[1]
     assert (other != buckets).any()
 
 
@@ -179,7 +182,7 @@ def test_dsir_log_weight_formula_by_hand() -> None:
     pool_docs = ["a b c", "c c", "d a"]
     target_docs = ["a a c", "b", "d d d e"]
     subs = ["s1", "s1", "s2"]
-    bucket = {w: int(B.hashed_ngrams([[w]], nb, 1)[1][0]) for w in "abcde"}
+    bucket = {w: int(hashed_ngrams([[w]], nb, 1)[1][0]) for w in "abcde"}
     assert len(set(bucket.values())) > 1  # the case exercises more than one bucket
 
     def dist(texts):
@@ -218,24 +221,24 @@ def test_dsir_log_weight_formula_by_hand() -> None:
     hand = [
         np.mean([math.log(tgt[bucket[w]] / raw[bucket[w]]) for w in d.split()]) for d in pool_docs
     ]
-    assert pooled["subtask"].unique().to_list() == [B.ALL_TARGETS]
+    assert pooled["subtask"].unique().to_list() == [ALL_TARGETS]
     np.testing.assert_allclose(pooled["score"].to_numpy(), hand, rtol=1e-12)
 
 
 def test_gumbel_top_k_samples_in_proportion_to_weights() -> None:
     lw = np.log([3.0, 1.0])
-    first = [B.gumbel_top_k(lw, 1, seed=s)[0] for s in range(4000)]
+    first = [gumbel_top_k(lw, 1, seed=s)[0] for s in range(4000)]
     assert np.mean(np.array(first) == 0) == pytest.approx(0.75, abs=0.025)
     lw = np.array([0.0, np.nan, 1.0, -50.0])
-    assert sorted(B.gumbel_top_k(lw, 10, seed=0).tolist()) == [0, 2, 3]  # NaN never drawn
-    np.testing.assert_array_equal(B.gumbel_top_k(lw, 2, seed=5), B.gumbel_top_k(lw, 2, seed=5))
+    assert sorted(gumbel_top_k(lw, 10, seed=0).tolist()) == [0, 2, 3]  # NaN never drawn
+    np.testing.assert_array_equal(gumbel_top_k(lw, 2, seed=5), gumbel_top_k(lw, 2, seed=5))
 
 
 def test_dsir_resample_draws_k_seeded() -> None:
     pool = frame([f"word{i} common text here" for i in range(30)] + ["target words exactly"])
     targets = frame(["target words exactly"], ["t"], prefix="t")
-    a = B.dsir_resample(pool, targets, SelectConfig(k=5), seed=1)
-    b = B.dsir_resample(pool, targets, SelectConfig(k=5), seed=1)
+    a = dsir_resample(pool, targets, SelectConfig(k=5), seed=1)
+    b = dsir_resample(pool, targets, SelectConfig(k=5), seed=1)
     assert a.equals(b) and a.height == 5 and a["example_id"].n_unique() == 5
     assert a["rank"].to_list() == [1, 2, 3, 4, 5] and "x30" in a["example_id"].to_list()
 
@@ -266,8 +269,8 @@ ANSWERS = ["The answer is 7.", "Because it is.", "Hello there, my friend!", "A d
 def test_rds_states_do_not_depend_on_padding(tiny_model, tiny_tokenizer) -> None:
     pool = frame(PROMPTS, answers=ANSWERS)
     kw = dict(data_cfg=CFG, progress=False)
-    ids, batched = B.last_token_states(tiny_model, tiny_tokenizer, pool, token_budget=4096, **kw)
-    ids1, single = B.last_token_states(tiny_model, tiny_tokenizer, pool, max_batch_examples=1, **kw)
+    ids, batched = last_token_states(tiny_model, tiny_tokenizer, pool, token_budget=4096, **kw)
+    ids1, single = last_token_states(tiny_model, tiny_tokenizer, pool, max_batch_examples=1, **kw)
     assert ids == ids1 == pool["example_id"].to_list()
     np.testing.assert_allclose(batched, single, atol=1e-5, rtol=0)
     # the plain definition: full forward of one unpadded example, last hidden layer, last token
@@ -291,7 +294,7 @@ def test_rds_identical_example_scores_one(tiny_model, tiny_tokenizer) -> None:
     # a subtask's target is the mean of its (normalised) states: cosine with that mean
     two = frame(PROMPTS[:2], ["ab", "ab"], ANSWERS[:2], prefix="t")
     got2 = B.rds_scores(tiny_model, tiny_tokenizer, pool, two, data_cfg=CFG, progress=False)
-    _, s = B.last_token_states(tiny_model, tiny_tokenizer, pool, data_cfg=CFG, progress=False)
+    _, s = last_token_states(tiny_model, tiny_tokenizer, pool, data_cfg=CFG, progress=False)
     u = s / np.linalg.norm(s, axis=1, keepdims=True)
     mean = (u[0] + u[1]) / 2
     np.testing.assert_allclose(got2["score"].to_numpy(), u @ mean / np.linalg.norm(mean), atol=1e-6)
@@ -302,18 +305,18 @@ def test_rds_on_peft_model_uses_lora_in_eval_mode(tiny_model, tiny_tokenizer) ->
 
     pool = frame(PROMPTS, answers=ANSWERS)
     kw = dict(data_cfg=CFG, progress=False)
-    _, base = B.last_token_states(tiny_model, tiny_tokenizer, pool, **kw)
+    _, base = last_token_states(tiny_model, tiny_tokenizer, pool, **kw)
     peft = add_lora(tiny_model, LoraSettings(r=4, alpha=8, dropout=0.5), seed=0)
     peft.train()
-    _, fresh = B.last_token_states(peft, tiny_tokenizer, pool, **kw)
+    _, fresh = last_token_states(peft, tiny_tokenizer, pool, **kw)
     np.testing.assert_allclose(fresh, base, atol=1e-6)  # lora_B starts at zero
     assert peft.training  # the caller's mode is restored
     with torch.no_grad():
         for name, p in peft.named_parameters():
             if "lora_B" in name:
                 p.normal_(0, 0.5, generator=torch.Generator().manual_seed(1))
-    _, a = B.last_token_states(peft, tiny_tokenizer, pool, **kw)
-    _, b = B.last_token_states(peft, tiny_tokenizer, pool, **kw)
+    _, a = last_token_states(peft, tiny_tokenizer, pool, **kw)
+    _, b = last_token_states(peft, tiny_tokenizer, pool, **kw)
     np.testing.assert_array_equal(a, b)  # dropout off: eval mode during extraction
     assert np.abs(a - base).max() > 1e-3  # the adapter is part of the representation
 
@@ -373,12 +376,12 @@ def test_bm25_and_dsir_on_real_pool_slice(shared_data: Path) -> None:
     # (a) it shares more of the subject's vocabulary than the median pool example does;
     # (b) it shares more with its own subject than with most other subjects (wiring the
     #     columns to the wrong subjects drops the mean below 0.5; measured here: 0.82).
-    docs = [set(B.word_tokens(t)) for t in B._texts(pool)]
+    docs = [set(word_tokens(t)) for t in frame_texts(pool)]
     df = Counter(w for d in docs for w in d)
     ids = pool["example_id"].to_list()
     subjects = sorted(targets["subtask"].unique())
     vocab = {
-        s: set(B.word_tokens(" ".join(B._texts(targets.filter(pl.col("subtask") == s)))))
+        s: set(word_tokens(" ".join(frame_texts(targets.filter(pl.col("subtask") == s)))))
         for s in subjects
     }
 

@@ -13,7 +13,8 @@ import torch
 
 import less_lab.model.lora  # noqa: F401  (RDS imports it lazily; slow first import)
 from less_lab.config import DataConfig, ScoreConfig
-from less_lab.core.baselines import example_text, rds_scores, word_tokens
+from less_lab.core.baseline_common import example_text, word_tokens
+from less_lab.core.baseline_rds import rds_scores
 from less_lab.core.datastore import build_store
 from less_lab.core.neighbors import (
     bm25_neighbors,
@@ -137,7 +138,7 @@ def test_bm25_neighbors_match_rank_bm25_for_the_one_target_query():
 
 
 def test_rds_neighbors_equal_rds_scores_of_a_one_example_target(tiny_model, tiny_tokenizer):
-    from less_lab.core.baselines import last_token_states
+    from less_lab.core.baseline_rds import last_token_states
 
     cfg = DataConfig(max_length=64)
     pool = _frame(POOL_TEXTS, POOL_ANSWERS, "p")

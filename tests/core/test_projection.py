@@ -12,12 +12,9 @@ import math
 import pytest
 import torch
 
-from less_lab.core.projection import (
-    RademacherProjector,
-    SparseSignProjector,
-    TrakBasicProjector,
-    make_projector,
-)
+from less_lab.core.projection import make_projector
+from less_lab.core.projection_dense import RademacherProjector, TrakBasicProjector
+from less_lab.core.projection_sparse import SparseSignProjector
 
 SIZES = (700, 1000, 348)  # P = 2048, uneven blocks
 DIM = 512

@@ -16,6 +16,7 @@ import polars as pl
 import pytest
 
 from less_lab.data import demo_pool as dd
+from less_lab.data import demo_words as dw
 
 DAYS = ["Monday", "Tuesday", "Wednesday", "Thursday", "Friday", "Saturday", "Sunday"]
 KNOWN_CAPITALS = {
@@ -177,14 +178,14 @@ def test_equations_in_text_are_correct(pool: pl.DataFrame, targets: pl.DataFrame
 
 
 def test_tables_agree_with_reference() -> None:
-    assert KNOWN_CAPITALS.items() <= dd._CAPITALS.items()
-    assert KNOWN_ANTONYMS.items() <= dd._ANTONYMS.items()
-    assert KNOWN_SYNONYMS.items() <= dd._SYNONYMS.items()
-    assert KNOWN_FRENCH.items() <= dd._FRENCH.items()
-    assert {(p, t): f for p, _, t, f in dd._UNITS} == FACTORS
-    assert len(set(dd._CAPITALS.values())) == len(dd._CAPITALS)  # MC options unambiguous
-    assert not set(dd._POSITIVE) & set(dd._NEGATIVE)
-    assert all(w != a for w, a in dd._ANTONYMS.items())
+    assert KNOWN_CAPITALS.items() <= dw.CAPITALS.items()
+    assert KNOWN_ANTONYMS.items() <= dw.ANTONYMS.items()
+    assert KNOWN_SYNONYMS.items() <= dw.SYNONYMS.items()
+    assert KNOWN_FRENCH.items() <= dw.FRENCH.items()
+    assert {(p, t): f for p, _, t, f in dw.UNITS} == FACTORS
+    assert len(set(dw.CAPITALS.values())) == len(dw.CAPITALS)  # MC options unambiguous
+    assert not set(dw.POSITIVE) & set(dw.NEGATIVE)
+    assert all(w != a for w, a in dw.ANTONYMS.items())
 
 
 def _check_arithmetic(prompt: str, answer: str, f: dict) -> None:
@@ -231,18 +232,18 @@ def test_pool_facts(examples: list[dd.DemoExample]) -> None:
         if ex.skill == "arithmetic":
             _check_arithmetic(prompt, answer, f)
         elif ex.skill == "capitals":
-            assert f["capital"] == dd._CAPITALS[f["country"]]
+            assert f["capital"] == dw.CAPITALS[f["country"]]
             assert KNOWN_CAPITALS.get(f["country"], f["capital"]) == f["capital"]
             asked, said = ("capital", "country") if ex.form == "chat" else ("country", "capital")
             assert f[asked] in prompt and f[said] in answer and f[said] not in prompt
         elif ex.skill == "weekdays":
             _check_weekdays(prompt, answer, f, ex.form)
         elif ex.skill == "antonyms":
-            table = dd._SYNONYMS if ex.form == "instruction" else dd._ANTONYMS
+            table = dw.SYNONYMS if ex.form == "instruction" else dw.ANTONYMS
             assert table[f["word"]] == f["answer"] and f["word"] in prompt
             assert answer.strip('."').endswith(f["answer"])
             if ex.form == "fill_in":
-                assert f"{f['anchor']} is to {dd._ANTONYMS[f['anchor']]}" in prompt
+                assert f"{f['anchor']} is to {dw.ANTONYMS[f['anchor']]}" in prompt
         elif ex.skill == "sentiment":
             assert f["adj"] in prompt
             label = "positive" if f["adj"] in POSITIVE else "negative"
@@ -255,7 +256,7 @@ def test_pool_facts(examples: list[dd.DemoExample]) -> None:
         elif ex.skill == "spelling":
             _check_spelling(prompt, answer, ex.form)
         elif ex.skill == "french":
-            assert dd._FRENCH[f["en"]] == f["fr"] and f["en"] in prompt
+            assert dw.FRENCH[f["en"]] == f["fr"] and f["en"] in prompt
             assert KNOWN_FRENCH.get(f["en"], f["fr"]) == f["fr"]
             assert answer.strip('."').endswith(f["fr"])
         elif ex.skill == "sorting":
@@ -279,8 +280,8 @@ def test_target_facts(targets: pl.DataFrame) -> None:
             country = re.search(r"capital of (.+)\?", prompt).group(1)
             options = dict(re.findall(r"(?m)^([A-D])\. (.+)$", prompt))
             assert sorted(options) == list("ABCD") and len(set(options.values())) == 4
-            right = [k for k, v in options.items() if v == dd._CAPITALS[country]]
-            assert len(right) == 1 and answer == f"{right[0]}. {dd._CAPITALS[country]}"
+            right = [k for k, v in options.items() if v == dw.CAPITALS[country]]
+            assert len(right) == 1 and answer == f"{right[0]}. {dw.CAPITALS[country]}"
             assert prompt.endswith("\nAnswer:")
 
 

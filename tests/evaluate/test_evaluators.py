@@ -15,6 +15,8 @@ import torch
 from less_lab.config import DataConfig
 from less_lab.data import evalsets
 from less_lab.data.formatting import tokenize
+from less_lab.data.targets import TYDIQA_INSTRUCTION
+from less_lab.errors import DataError
 from less_lab.evaluate import evaluators as ev
 from less_lab.evaluate import inference, metrics
 from less_lab.model.tiny import tiny_llama
@@ -325,10 +327,10 @@ def test_squad_span_qa(tiny_model, tiny_tokenizer, tmp_path):
                             progress=False, return_examples=True)  # fmt: skip
     assert out["subtask"].to_list() == ["english", "english", "finnish"]
     assert out["prompt"][0] == (
-        f"{ev.TYDIQA_INSTRUCTION}\n\nPassage: A dog writes.\nQuestion: Who writes?\nAnswer: "
+        f"{TYDIQA_INSTRUCTION}\n\nPassage: A dog writes.\nQuestion: Who writes?\nAnswer: "
         "A dog\n\nPassage: The cat reads a book.\nQuestion: Who reads?\nAnswer:"
     )
-    assert out["prompt"][2].startswith(f"{ev.TYDIQA_INSTRUCTION}\n\nPassage: My friend")
+    assert out["prompt"][2].startswith(f"{TYDIQA_INSTRUCTION}\n\nPassage: My friend")
     for row in out.iter_rows(named=True):
         assert "\n" not in row["prediction"]
         assert row["f1"] == metrics.squad_f1(row["prediction"], row["golds"])
@@ -368,7 +370,7 @@ def test_gsm8k(tiny_model, tiny_tokenizer, tmp_path):
         assert row["exact_match"] == (num is not None and num == float(row["answer"]))
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"question": "q", "answer": "#### 1"}\n{"question": "q"}\n')
-    with pytest.raises(ev.DataError, match="bad.jsonl:2"):
+    with pytest.raises(DataError, match="bad.jsonl:2"):
         ev.evaluate_gsm8k(tiny_model, tiny_tokenizer, bad, n_shot=0, progress=False)
 
 
