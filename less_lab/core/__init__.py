@@ -1,10 +1,13 @@
 """Layer 3, core: the LESS method itself.
 
 Warmup training (``training``), per-example gradient features (``gradients``), random
-projections (``projection``), the on-disk gradient datastore (``datastore``, sharded by
-``distributed``), the stages as plain functions (``pipeline``), Eq. 2 scoring
-(``scoring``), selection (``selection``), the baselines (``baselines``) and nearest pool
-examples of one target example (``neighbors``).
+projections (``projection``: ``projection_base``, ``projection_sparse``,
+``projection_dense``), the on-disk gradient datastore (``datastore`` with its files in
+``store_files`` and per-rank shards in ``store_shards``, sharded by ``distributed``), the
+stages as plain functions (``pipeline``), Eq. 2 scoring (``scoring``), selection
+(``selection``), the baselines (``baselines``: ``baseline_common``, ``baseline_bm25``,
+``baseline_dsir``, ``baseline_rds``), nearest pool examples of one target example
+(``neighbors``) and small shared statistics (``stats``).
 
 May import: the base modules, ``less_lab.data`` and ``less_lab.model``.
 """

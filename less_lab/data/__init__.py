@@ -2,7 +2,8 @@
 
 Pool readers (``pool``), target readers in the LESS layouts (``targets``), test-set readers
 for the evaluators (``evalsets``), chat formatting and tokenization (``formatting``),
-token-budget batching (``batching``) and the embedded demo pool (``demo_pool``).
+token-budget batching (``batching``) and the embedded demo pool (``demo_pool``, built
+from ``demo_skills`` and ``demo_words``).
 
 May import: the base modules (``less_lab.config``, ``errors``, ``layout``, ``_io``) only.
 No torch model code lives here (``batching`` builds tensors, nothing more).

@@ -1,6 +1,6 @@
 """Layer 2, model: loading a causal LM and the LoRA plumbing around it.
 
-``loading`` (the embedded SmolLM2 or any local Hugging Face model, device and dtype),
+``handle`` (a model loaded on first use and wrapped with LoRA once), ``loading`` (the embedded SmolLM2 or any local Hugging Face model, device and dtype),
 ``lora`` (attach adapters, stable block names, the completion-only loss) and ``tiny`` (a
 tiny random Llama with its tokenizer, for tests and teaching).
 

@@ -1,7 +1,8 @@
 """Layer 5, views: pictures of frames.
 
 ``frames`` builds the small frames a view shows (pure polars), ``plots`` turns frames into
-static plotly figures, ``widgets`` wraps them in ipywidgets. Views take frames: they
+static plotly figures, ``html`` escapes text for the widgets' tables, ``base`` /
+``curves`` / ``widgets`` wrap figures and tables in ipywidgets. Views take frames: they
 never open a datastore, train, load a model or touch a ``Lab`` (the facade gathers the
 frames and hands them over).
 
