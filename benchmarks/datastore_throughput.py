@@ -55,7 +55,8 @@ def fake_checkpoint(model, path: Path, seed: int = 0) -> Checkpoint:
             tensors[f"{key}.exp_avg"] = torch.randn(p.shape, generator=gen) * 1e-4
             tensors[f"{key}.exp_avg_sq"] = torch.rand(p.shape, generator=gen) * 1e-8
     path.mkdir(parents=True, exist_ok=True)
-    model.save_pretrained(path / "adapter")
+    # save_embedding_layers=False: PEFT would otherwise look "smollm2-135m" up on the hub
+    model.save_pretrained(path / "adapter", save_embedding_layers=False)
     save_file(tensors, path / "optimizer.safetensors")
     (path / "state.json").write_text(
         '{"epoch": 1, "step": 100, "lr": 2e-5, "betas": [0.9, 0.999], "eps": 1e-8}'

@@ -6,10 +6,15 @@ all see the same tokens, or LESS would compare gradients of differently formatte
 Labels are built from separately tokenized text segments (prompt or completion), so the
 boundary between ``-100`` and a completion token is exact, whatever the tokenizer would
 have merged across it. Reading the pool is :mod:`less_lab.data`.
+
+Dataset text never becomes a special token: a message holding ``</s>`` or ``<|im_end|>``
+is encoded as those characters, while the format's own markers (the EOS after each
+answer, the chat template's tokens) stay special (:class:`_Specials`).
 """
 
 from __future__ import annotations
 
+import re
 import warnings
 from typing import Any, Literal
 
@@ -20,6 +25,7 @@ import pyarrow as pa
 from less_lab.config import DataConfig
 from less_lab.data.batching import IGNORE as IGNORE_INDEX
 from less_lab.data.pool import Messages
+from less_lab.errors import DataError
 
 DROPPED_SCHEMA = {"example_id": pl.String, "reason": pl.String, "n_tokens": pl.Int64}
 
@@ -148,17 +154,99 @@ def _last_prompt_span(comp: np.ndarray, head: int) -> tuple[int, int]:
     return max(start, head), max(stop, head)
 
 
+_ESC = "\ue000"
+"""Private-use character that starts an escape in dataset text: ``_ESC`` + a code
+character stands for one special-token string (or for ``_ESC`` itself)."""
+_FIRST_CODE = 0xF0000  # supplementary private-use area: room for 65k special tokens
+
+
+class _Specials:
+    """The tokenizer's special-token strings, and the escaping that keeps them plain text
+    inside dataset text.
+
+    Message contents are escaped before formatting, so in a formatted segment every
+    special-token string left as it is was written by the format (EOS, template markers).
+    :meth:`plan` splits a segment there: those become their ids, everything between
+    (escapes restored) is plain text, encoded with special-token parsing off."""
+
+    def __init__(self, tokenizer: Any) -> None:
+        added = getattr(tokenizer, "added_tokens_decoder", {}) or {}
+        found = {t.content for t in added.values() if getattr(t, "special", False)}
+        found |= set(getattr(tokenizer, "all_special_tokens", []) or [])
+        self.strings = sorted((s for s in found if s), key=lambda s: (-len(s), s))
+        self.ids = {s: tokenizer.convert_tokens_to_ids(s) for s in self.strings}
+        codes = {s: _ESC + chr(_FIRST_CODE + i) for i, s in enumerate(self.strings)}
+        self.codes = {**codes, _ESC: _ESC + _ESC}
+        self.decoded = {code: s for s, code in self.codes.items()}
+        specials = "|".join(re.escape(s) for s in self.strings)
+        self._escape_re = re.compile(f"{_ESC}|{specials}")
+        self._split_re = re.compile(f"({_ESC}.|{specials})", re.DOTALL)
+
+    def escape(self, messages: Messages) -> Messages:
+        """``messages`` with special-token strings in their contents escaped."""
+        if not self.strings:
+            return messages
+        sub, codes = self._escape_re.sub, self.codes
+        return [{**m, "content": sub(lambda x: codes[x.group()], m["content"])} for m in messages]
+
+    def plan(self, text: str) -> list[str | int]:
+        """An escaped segment as plain-text pieces (unescaped) and special-token ids."""
+        parts = self._split_re.split(text) if self.strings else [text]
+        if len(parts) == 1:
+            return [text]
+        out: list[str | int] = []
+        buf: list[str] = []
+        for i, part in enumerate(parts):
+            if i % 2 == 1 and part in self.ids:
+                if "".join(buf):
+                    out.append("".join(buf))
+                out.append(self.ids[part])
+                buf = []
+            else:
+                buf.append(self.decoded.get(part, part) if i % 2 else part)
+        if "".join(buf):
+            out.append("".join(buf))
+        return out
+
+
+def _encode_segments(tokenizer: Any, texts: list[str], specials: _Specials) -> list[list[int]]:
+    """Token ids of each escaped segment: plain-text pieces in one batched call, the
+    format's special tokens as their ids."""
+    plans = [specials.plan(text) for text in texts]
+    pieces = list(dict.fromkeys(p for plan in plans for p in plan if isinstance(p, str)))
+    encoded = dict(zip(pieces, _encode_texts(tokenizer, pieces), strict=True))
+    out = []
+    for plan in plans:
+        if len(plan) == 1 and isinstance(plan[0], str):
+            out.append(encoded[plan[0]])
+            continue
+        ids: list[int] = []
+        for p in plan:
+            ids.extend(encoded[p] if isinstance(p, str) else [p])
+        out.append(ids)
+    return out
+
+
 def _encode_texts(tokenizer: Any, texts: list[str]) -> list[list[int]]:
-    """Token ids of each text without special tokens, in one batched call. A fast
-    tokenizer's Rust backend is called directly (no offsets, no Python wrapper objects),
-    which is 2-3x quicker than ``tokenizer(texts)`` and gives the same ids."""
+    """Token ids of each text as plain text (no special tokens added, none parsed), in one
+    batched call. A fast tokenizer's Rust backend is called directly (no offsets, no
+    Python wrapper objects), which is 2-3x quicker than ``tokenizer(texts)`` and gives the
+    same ids; its ``encode_special_tokens`` switch is set for the call and restored."""
     if not texts:
         return []
     backend = getattr(tokenizer, "backend_tokenizer", None)
+    before = getattr(backend, "encode_special_tokens", None)
     plain = backend is not None and backend.truncation is None and backend.padding is None
-    if plain and hasattr(backend, "encode_batch_fast"):
-        return [e.ids for e in backend.encode_batch_fast(texts, add_special_tokens=False)]
-    return tokenizer(texts, add_special_tokens=False, verbose=False)["input_ids"]
+    try:
+        if plain and before is not None and hasattr(backend, "encode_batch_fast"):
+            backend.encode_special_tokens = True
+            encodings = backend.encode_batch_fast(texts, add_special_tokens=False)
+            return [e.ids for e in encodings]
+        kwargs = {"add_special_tokens": False, "split_special_tokens": True, "verbose": False}
+        return tokenizer(texts, **kwargs)["input_ids"]
+    finally:  # transformers also leaves split_special_tokens set on the backend
+        if before is not None:
+            backend.encode_special_tokens = before
 
 
 def tokenize(
@@ -170,10 +258,16 @@ def tokenize(
     Examples left with no completion token cannot teach or score anything: they go to
     ``dropped`` (``example_id, reason, n_tokens``) with a warning, never silently.
     All segment texts are tokenized in one batched call (the fast tokenizer's Rust loop);
-    repeated texts such as role headers are tokenized once."""
-    segments = [format_segments(m, tokenizer, cfg.chat_format) for m in frame["messages"].to_list()]
+    repeated texts such as role headers are tokenized once. Special-token strings inside
+    message contents are plain text; only the format's own (EOS, template markers) are
+    special tokens."""
+    specials = _Specials(tokenizer)
+    segments = [
+        format_segments(specials.escape(m), tokenizer, cfg.chat_format)
+        for m in frame["messages"].to_list()
+    ]
     unique = list(dict.fromkeys(text for segs in segments for text, _ in segs))
-    lookup = dict(zip(unique, _encode_texts(tokenizer, unique), strict=True))
+    lookup = dict(zip(unique, _encode_segments(tokenizer, unique, specials), strict=True))
     bos = tokenizer.bos_token_id
     prefix = [bos] if _adds_bos(tokenizer) else []
     out: dict[str, list[Any]] = {k: [] for k in ("input_ids", "labels", "counts", "row")}
@@ -209,6 +303,32 @@ def tokenize(
         out["counts"].append((len(ids), n_completion - cut_completion, cut_prompt, cut_completion))
         out["row"].append(row)
     return _tokenized_frame(frame, out), _dropped_frame(dropped)
+
+
+def check_kept(
+    name: str, frame: pl.DataFrame, tokenized: pl.DataFrame, cfg: DataConfig, by_subtask: bool
+) -> None:
+    """Refuse (``DataError``) a split whose tokenization dropped every example, or, with
+    ``by_subtask``, every example of one ``subtask`` (a target then scores without it)."""
+    if tokenized.height == 0:
+        raise DataError(
+            f"{name}: all {frame.height} examples were dropped by tokenization "
+            f"(max_length={cfg.max_length})",
+            expected="examples that fit data.max_length",
+        )
+    if not by_subtask or "subtask" not in frame.columns:
+        return
+    lost = frame.filter(~pl.col("subtask").is_in(tokenized["subtask"].unique().to_list()))
+    if lost.height:
+        counts = lost.group_by("subtask", maintain_order=True).len().rows()
+        names = ", ".join(f"{subtask!r} ({n} examples)" for subtask, n in counts)
+        raise DataError(
+            f"target {name!r}: tokenization dropped every example of subtask(s) {names}: no "
+            f"completion token left after {cfg.truncation!r} truncation to "
+            f"max_length={cfg.max_length}",
+            expected="each subtask to keep an example (raise data.max_length or use "
+            "truncation='prompt_left')",
+        )
 
 
 def _tokenized_frame(frame: pl.DataFrame, out: dict[str, list[Any]]) -> pl.DataFrame:
