@@ -64,6 +64,8 @@ _LAZY = {
     # core
     "train_lora": "less_lab.core.training",
     "load_adapter": "less_lab.core.training",
+    "stats_frame": "less_lab.core.datastore",
+    "plan": "less_lab.core.plan",
     "per_example_gradients": "less_lab.core.gradients",
     "to_features": "less_lab.core.gradients",
     "make_projector": "less_lab.core.projection",

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import glob
 import json
 import os
 import tempfile
@@ -25,9 +26,11 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
 
     Whatever the body writes there replaces ``path`` in one ``os.replace``; an exception
     (or a kill) leaves ``path`` untouched and the temporary file removed (or, after a
-    kill, a ``.<name>.*.tmp`` file that the next write ignores)."""
+    kill, a ``.<name>.*.tmp`` file that the next write of ``path`` removes)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    for stale in path.parent.glob(f".{glob.escape(path.name)}.*.tmp"):
+        stale.unlink(missing_ok=True)  # left by a write that was killed before its rename
     fd, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     os.close(fd)
     tmp = Path(name)

@@ -5,6 +5,7 @@
         --set data.max_length=512 --set warmup.train.lora.r=8 --set gradients.proj_dim=2048
     less-lab warmup | datastore | score | select    # one stage at a time, same flags
     less-lab compare ...                            # LESS vs baselines (Table 3)
+    less-lab plan --model llama-2-7b                # peak memory and store size, before a run
 
 Every config field can be set with ``--set section.field=value`` (sections: data, warmup,
 gradients, scoring, select; nested fields with dots, e.g. ``warmup.train.epochs=2``), on
@@ -19,16 +20,19 @@ from __future__ import annotations
 
 import argparse
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 from less_lab._io import write_parquet
 from less_lab.compare import METHODS, compare, paper_table
 from less_lab.config import TrainConfig
 from less_lab.core import distributed
+from less_lab.core.plan import LLAMA2_7B, ModelShape, plan
 from less_lab.demo import run_demo
 from less_lab.errors import ConfigError, LessLabError
 from less_lab.evaluate.evaluators import EvalFn, make_eval
 from less_lab.lab import Lab
+from less_lab.model.device import DTYPES
 from less_lab.overrides import PRESETS, build_configs, parse_value, replace_path
 
 STAGES = ("warmup", "datastore", "score", "select", "run")
@@ -46,6 +50,8 @@ def make_lab(args: argparse.Namespace) -> Lab:
         scoring=c["scoring"],
         select=c["select"],
         progress=not args.quiet,
+        device=args.device,
+        dtype=args.dtype,
     )
     lab.load_pool(args.pool, on_error=args.on_error)
     for spec in args.target:
@@ -62,13 +68,8 @@ def _print_top(frame, n: int = 10) -> None:
 
 
 def cmd_stage(args: argparse.Namespace) -> None:
+    ctx = distributed.context()  # before the model loads: NCCL binds this rank's GPU
     lab = make_lab(args)
-    ctx = distributed.context()
-    if args.device != "cpu":
-        import torch
-
-        device = distributed.device() if args.device == "auto" else torch.device(args.device)
-        lab.model.to(device)
     try:
         _run_stage(args, lab, ctx)
     finally:
@@ -131,6 +132,18 @@ def _add_run_flags(p: argparse.ArgumentParser) -> None:
         default="raise",
         help="bad pool lines: stop with file:line (default) or skip and report",
     )
+    p.add_argument(
+        "--device",
+        default="auto",
+        help="auto (default: cuda:LOCAL_RANK when CUDA is there, else cpu), cpu, cuda "
+        "(this rank's GPU) or cuda:<index>; every stage runs where the model is",
+    )
+    p.add_argument(
+        "--dtype",
+        default="float32",
+        choices=sorted(DTYPES),
+        help="the model's dtype (features, Adam transforms and scores stay fp32)",
+    )
     _add_config_flags(p)
 
 
@@ -145,12 +158,6 @@ def _add_stage_commands(sub) -> None:
     for name in STAGES:
         p = sub.add_parser(name, help=f"the {name} stage" if name != "run" else "all stages")
         _add_run_flags(p)
-        p.add_argument(
-            "--device",
-            default="cpu",
-            help="cpu (default), auto (cuda:LOCAL_RANK when CUDA is there), or a "
-            "torch device such as cuda:0",
-        )
 
 
 def _add_compare_command(sub) -> None:
@@ -247,7 +254,43 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--debug", action="store_true", help="show tracebacks of known errors")
     _add_stage_commands(sub)
     _add_compare_command(sub)
+    _add_plan_command(sub)
     return parser
+
+
+def _add_plan_command(sub) -> None:
+    p = sub.add_parser("plan", help="peak memory of a store build and the store size")
+    p.add_argument(
+        "--model",
+        default="llama-2-7b",
+        help="'llama-2-7b' (shape only, no weights), or a model dir with a config.json",
+    )
+    p.add_argument("--pool-size", type=int, default=270_679, help="pool examples (paper: 270,679)")
+    p.add_argument("--dtype", default="bfloat16", choices=["float32", "bfloat16", "float16"])
+    p.add_argument("--completion-share", type=float, default=1.0, help="1: the worst case")
+    _add_config_flags(p)
+
+
+def run_plan_command(args: argparse.Namespace) -> int:
+    """Print the memory plan of a store build for the given model and settings."""
+    c = build_configs(args.set, preset=args.preset)
+    size = 4 if args.dtype == "float32" else 2
+    if args.model == "llama-2-7b":
+        shape = replace(LLAMA2_7B, dtype_bytes=size)
+    else:
+        from transformers import AutoConfig
+
+        shape = ModelShape.from_config(AutoConfig.from_pretrained(args.model), size)
+    result = plan(
+        shape,
+        c["warmup"].train.lora,
+        c["gradients"],
+        args.pool_size,
+        checkpoints=c["warmup"].train.epochs,
+        completion_share=args.completion_share,
+    )
+    print(result.text())
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -258,6 +301,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command == "compare":
             return run_compare_command(args)
+        if args.command == "plan":
+            return run_plan_command(args)
         if args.command == "demo":
             run_demo(args.out, overrides=args.set, progress=not args.quiet)
         else:

@@ -41,6 +41,7 @@ from less_lab.evaluate.finetune import (
     resolve_model,
     validation_fn,
 )
+from less_lab.model.device import model_device, model_dtype
 
 METHODS = ("less", "random", "bm25", "dsir", "rds")
 DETERMINISTIC = frozenset({"bm25", "rds", "full"})
@@ -142,7 +143,13 @@ def _run(lab, target: str, method: str, seed: int, k: int, run_dir: Path, plan: 
     if plan.target_model is None:
         fresh, tok = base_model_copy(lab), lab.tokenizer
     else:
-        fresh, tok = resolve_model(plan.target_model, plan.target_tokenizer)
+        here = lab.loaded_model()  # LESS-T: the target model goes where the selection model is
+        fresh, tok = resolve_model(
+            plan.target_model,
+            plan.target_tokenizer,
+            device=model_device(here),
+            dtype=model_dtype(here),
+        )
     val = validation_fn(
         tok,
         lab.targets[target],

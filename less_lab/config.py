@@ -35,6 +35,11 @@ ProjectionKind = Literal["sparse_sign", "rademacher", "trak_basic", "none"]
 ScoreMethod = Literal["paper", "mean_of_shots", "dot"]
 
 
+NOT_RECORDED = {"recorded": False}
+"""Field metadata of a setting that changes speed or memory but never a result: left out
+of ``to_dict`` (hence of fingerprints, store names and recorded settings)."""
+
+
 class _Validated:
     """Checks every field against its annotation when the dataclass is built, then the
     class's own range rules (``_rules``: ``(field, ok(value), what is allowed)``)."""
@@ -230,6 +235,12 @@ class GradientConfig(_Validated):
     target_feature: FeatureKind = "sgd"
     """Gradient feature of target examples: ``sgd`` (the paper: targets are never
     preconditioned)."""
+    sketch_cache_mb: int | None = field(default=None, metadata=NOT_RECORDED)
+    """MB of device memory the ``sparse_sign`` sketch may keep its hash tables in (4 bytes
+    per non-zero: ``4 x sparse_nnz x P``, 2.1 GB for LoRA r=128 on a 7B model). ``None``
+    (auto): enough for every block, up to 4096 MB; ``0``: no cache. Blocks beyond the cap
+    are rehashed every batch: the same features, slower. Speed and memory only, so it is
+    not recorded (not in ``to_dict``, fingerprints or store names)."""
 
     def _rules(self):
         return [
@@ -237,6 +248,11 @@ class GradientConfig(_Validated):
             ("sparse_nnz", _positive, "at least 1 non-zero per coordinate"),
             ("token_budget", _positive, "a positive number of tokens"),
             ("max_batch_examples", _positive, "at least 1 example per batch"),
+            (
+                "sketch_cache_mb",
+                lambda v: v is None or v >= 0,
+                "None (auto: every block, up to 4096 MB) or a size in MB >= 0",
+            ),
         ]
 
     def feature(self, split: str) -> FeatureKind:
@@ -280,19 +296,36 @@ class SelectConfig(_Validated):
         ]
 
     def size(self, n: int) -> int:
-        """How many of ``n`` pool examples to keep (at least 1); ``k > n`` is refused."""
+        """How many of ``n`` pool examples to keep (at least 1, the fraction rounded up as
+        ``select_top`` does); ``k > n`` is refused."""
         if self.k is not None:
             if self.k > n:
                 raise ConfigError(
                     f"select.k={self.k}: expected at most the pool size ({n})", key="select.k"
                 )
             return self.k
-        return max(1, round(self.fraction * n))
+        return max(1, math.ceil(self.fraction * n))  # as core.selection.selection_size
 
 
 def to_dict(cfg: Any) -> dict[str, Any]:
-    """A JSON-ready dict of a (nested) config dataclass; tuples become lists."""
-    return json.loads(json.dumps(dataclasses.asdict(cfg)))
+    """A JSON-ready dict of a (nested) config dataclass; tuples become lists. Fields marked
+    ``NOT_RECORDED`` (speed and memory knobs that never change a result) are left out, so
+    they change no fingerprint and no recorded setting."""
+    return json.loads(json.dumps(_recorded(cfg)))
+
+
+def _recorded(value: Any) -> Any:
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return {
+            f.name: _recorded(getattr(value, f.name))
+            for f in dataclasses.fields(value)
+            if f.metadata.get("recorded", True)
+        }
+    if isinstance(value, list | tuple):
+        return [_recorded(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _recorded(v) for k, v in value.items()}
+    return value
 
 
 def fingerprint(obj: Any) -> str:

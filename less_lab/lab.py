@@ -50,7 +50,7 @@ from less_lab.core.selection import (
     write_selection,
 )
 from less_lab.core.training import Checkpoint
-from less_lab.data.formatting import tokenize
+from less_lab.data.formatting import check_kept, tokenize
 from less_lab.data.pool import read_pool
 from less_lab.data.targets import read_targets
 from less_lab.errors import ConfigError, DataError
@@ -78,6 +78,8 @@ class Lab:
         scoring: ScoreConfig = ScoreConfig(),
         select: SelectConfig = SelectConfig(),
         progress: bool = True,
+        device: Any = "auto",
+        dtype: Any = "float32",
     ):
         self.layout = RunLayout(Path(run_dir))
         self.model_name = model
@@ -88,7 +90,7 @@ class Lab:
         self.targets: dict[str, pl.DataFrame] = {}
         self.dropped: dict[str, pl.DataFrame] = {}
         self._tokenized: dict[str, pl.DataFrame] = {}
-        self._handle = ModelHandle(model)
+        self._handle = ModelHandle(model, device, dtype)  # where and how a named model loads
         self._check_recorded_run()
 
     # ----------------------------------------------------------------- configuration
@@ -170,18 +172,15 @@ class Lab:
         return frame
 
     def tokenized(self, split: str) -> pl.DataFrame:
-        """Tokenized pool (``"pool"``) or target; dropped examples land in ``self.dropped``."""
+        """Tokenized pool (``"pool"``) or target; dropped examples land in ``self.dropped``.
+        Refused (``DataError``): a split that loses every example, a target that loses
+        every example of a subtask (its scores would silently lack that subtask)."""
         if split not in self._tokenized:
             frame = self.pool if split == "pool" else self.targets.get(split)
             if frame is None:
                 raise KeyError(f"no {split!r} data: call load_pool/add_target first")
             tok, dropped = tokenize(frame, self.tokenizer, self.data_cfg)
-            if tok.height == 0:
-                raise DataError(
-                    f"{split}: all {frame.height} examples were dropped by tokenization "
-                    f"(max_length={self.data_cfg.max_length})",
-                    expected="examples that fit data.max_length",
-                )
+            check_kept(split, frame, tok, self.data_cfg, by_subtask=split != "pool")
             self._tokenized[split], self.dropped[split] = tok, dropped
         return self._tokenized[split]
 
@@ -198,8 +197,7 @@ class Lab:
     @property
     def model(self):
         """The selection model with its LoRA adapter (PEFT), loaded on first use."""
-        train = self.warmup_cfg.train
-        return self._handle.peft(train.lora, train.seed)
+        return self._handle.peft(self.warmup_cfg.train.lora, self.warmup_cfg.train.seed)
 
     def loaded_model(self):
         """The selection model as it is now (LoRA-wrapped once ``model`` was used), loaded on
@@ -207,7 +205,7 @@ class Lab:
         return self._handle.loaded()
 
     def use_model(self, model, tokenizer) -> None:
-        """Use an in-memory model (e.g. ``tiny_llama()``) instead of loading by name."""
+        """Use an in-memory model (``tiny_llama()``), on its device and dtype, not ``model``."""
         self._handle.use(model, tokenizer)
         self._tokenized.clear()
 
@@ -272,6 +270,7 @@ class Lab:
 
     def _score(self, target: str) -> tuple[pl.DataFrame, pl.DataFrame]:
         self._target(target)
+        self.tokenized(target)  # refuse a target emptied by truncation before any training
         pool_stores = self.datastore("pool")
         target_stores = self.datastore(target)
         lrs = [c.lr for c in self.checkpoints()]
@@ -387,7 +386,7 @@ class Lab:
         dir unless ``run_dir`` is given. Changing the run's own settings (data, warmup) on
         a recorded run is refused."""
         cfgs = ("data", "warmup", "gradients", "scoring", "select")
-        kwargs = dict(zip(cfgs, self._configs(), strict=True)) | changes
+        kwargs = dict(zip(cfgs, self._configs(), strict=True)) | self._handle.placement | changes
         run_dir = self.run_dir if run_dir is None else run_dir
         lab = Lab(run_dir, model=self.model_name, progress=self.progress, **kwargs)
         lab.pool, lab.targets = self.pool, dict(self.targets)

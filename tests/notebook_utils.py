@@ -9,8 +9,10 @@ JupyterLab run the notebooks with exactly the Python running the tests.
 
 from __future__ import annotations
 
+import ast
 import json
 import os
+import re
 import sys
 import time
 from collections.abc import Iterator
@@ -25,11 +27,37 @@ WIDGET_STATE = "application/vnd.jupyter.widget-state+json"
 PLOTLY = "application/vnd.plotly.v1+json"
 RUN_DIR_ENV = "LESS_LAB_RUN_DIR"
 DATA_DIR_ENV = "LESS_LAB_DATA_DIR"
+CHECK_TAG = "check"
+"""Tag of the hidden last cell of every notebook that asserts on what the notebook showed."""
+_IPYTHON_LINE = re.compile(r"^\s*[%!?]")
 
 
 def notebooks() -> list[Path]:
     """Every notebook shipped in ``notebooks/``, in name order (01 first)."""
     return sorted(NOTEBOOK_DIR.glob("*.ipynb"))
+
+
+def read_json(path: Path) -> dict:
+    """The raw notebook JSON (no nbformat upgrade, validation or kernel): for static checks."""
+    return json.loads(path.read_text(encoding="utf-8"))
+
+
+def cell_source(cell: dict) -> str:
+    """A cell's source as one string (stored either as a string or as a list of lines)."""
+    source = cell.get("source", "")
+    return source if isinstance(source, str) else "".join(source)
+
+
+def code_cells(nb: dict) -> list[tuple[int, str]]:
+    """``(cell index, source)`` of every code cell of a raw notebook."""
+    return [(i, cell_source(c)) for i, c in enumerate(nb["cells"]) if c["cell_type"] == "code"]
+
+
+def parse_cell(source: str) -> ast.Module:
+    """A code cell's syntax tree; IPython magics and shell lines (``%``, ``!``, ``?``)
+    become blank lines so line numbers stay right."""
+    lines = ["" if _IPYTHON_LINE.match(line) else line for line in source.splitlines()]
+    return ast.parse("\n".join(lines))
 
 
 def write_kernelspec(root: Path) -> Path:

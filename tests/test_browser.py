@@ -302,7 +302,7 @@ def _assert_not_injected(page, dialogs: list[str]) -> None:
 def _xss_notebook(path: Path) -> None:
     code = f"""
 import polars as pl
-from less_lab.views.widgets import TopExamplesView
+from less_lab import TopExamplesView
 
 ids = [{XSS_ID!r}, "plain"]
 texts = {XSS_TEXTS!r}

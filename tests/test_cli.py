@@ -55,3 +55,37 @@ def test_compressed_pool_files_are_read(tmp_path, capsys):
 
     frame = read_pool(folder)
     assert frame["example_id"].to_list() == ["a"] and frame["source"].to_list() == ["part"]
+
+
+def test_device_and_dtype_flags_reach_the_lab(tmp_path, monkeypatch):
+    """``--device``/``--dtype`` on every stage command and on compare go to ``Lab``
+    (default ``auto``/``float32``); a bad value is refused by argparse."""
+    made = {}
+
+    class Stop(Exception):
+        pass
+
+    def fake_lab(*args, **kw):
+        made.update(kw)
+        raise Stop
+
+    monkeypatch.setattr(cli, "Lab", fake_lab)
+    for command in (*cli.STAGES, "compare"):
+        base = [command, "--run-dir", str(tmp_path), "--pool", "p", "--target", "t=x"]
+        for extra, want in (
+            ([], ("auto", "float32")),
+            (["--device", "cpu", "--dtype", "bfloat16"], ("cpu", "bfloat16")),
+        ):
+            with pytest.raises(Stop):
+                cli.main([*base, *extra])
+            assert (made["device"], made["dtype"]) == want, command  # fmt: skip
+    with pytest.raises(SystemExit):
+        cli.main(["warmup", "--run-dir", str(tmp_path), "--pool", "p", "--dtype", "int8"])
+
+
+def test_plan_prints_the_memory_formula_for_a_7b_model(capsys):
+    assert cli.main(["plan", "--set", "gradients.token_budget=8192"]) == 0
+    out = capsys.readouterr().out
+    peak = float(next(line for line in out.splitlines() if line.startswith("peak")).split()[2])
+    assert 55 < peak < 65  # Llama-2-7B bf16, r=128, d=8192, T=8192: the documented 61.3 GB
+    assert "activations" in out and "store (disk)" in out

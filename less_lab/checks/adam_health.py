@@ -21,6 +21,7 @@ from less_lab.config import GradientConfig
 from less_lab.core.gradients import per_example_gradients
 from less_lab.core.training import load_adapter
 from less_lab.data.batching import collate, token_budget_batches
+from less_lab.model.device import model_device, to_host
 from less_lab.model.lora import block_names, lora_modules
 
 DEFAULT_GRAD = GradientConfig()
@@ -121,13 +122,15 @@ def momentum_table(
     ``momentum_share = ||momentum / D|| / ||Γ||``, ``msgd_cos = cos(Γ, b1 m + (1-b1) g)``
     (1 means Adam's preconditioning did nothing: momentum-SGD), and the eps share with the
     example's own ``g²`` included. ``model`` is the PEFT selection model; each checkpoint's
-    adapter is loaded into it."""
+    adapter is loaded into it; everything is computed on the model's device, the moments
+    moved there, and read back once per batch."""
     rows = []
+    device = model_device(model)
     for ckpt in checkpoints:
         load_adapter(model, ckpt)
         model.eval()
         modules = lora_modules(model)
-        names, state = block_names(modules), ckpt.adam_state()
+        names, state = block_names(modules), _state_on(ckpt.adam_state(), device)
         for group in token_budget_batches(
             tokenized["n_tokens"].to_list(), cfg.token_budget, cfg.max_batch_examples
         ):
@@ -136,9 +139,10 @@ def momentum_table(
                 [tokenized["labels"][i] for i in group],
                 pad_id,
             )
+            batch = {k: v.to(device) for k, v in batch.items()}
             blocks, _ = per_example_gradients(model, modules, batch)
             acc = {
-                k: torch.zeros(len(group), dtype=torch.float64)
+                k: torch.zeros(len(group), dtype=torch.float64, device=device)
                 for k in ("mm", "uu", "um", "ss", "eps", "n")
             }
             for blk, name in zip(blocks, names, strict=True):
@@ -149,10 +153,11 @@ def momentum_table(
                 acc["ss"] += p["msgd"].square().sum(1)
                 acc["eps"] += p["eps"].double().sum(1)
                 acc["n"] += blk.shape[1]
+            acc = {k: to_host(v).numpy() for k, v in acc.items()}
             for j, i in enumerate(group):
                 uu, mm, ss = acc["uu"][j], acc["mm"][j], acc["ss"][j]
-                share = float((mm / uu).sqrt()) if uu > 0 else float("nan")
-                cos = float(acc["um"][j] / (uu * ss).sqrt()) if uu * ss > 0 else float("nan")
+                share = float(np.sqrt(mm / uu)) if uu > 0 else float("nan")
+                cos = float(acc["um"][j] / np.sqrt(uu * ss)) if uu * ss > 0 else float("nan")
                 rows.append(
                     (
                         ckpt.epoch,
@@ -163,6 +168,15 @@ def momentum_table(
                     )
                 )
     return pl.DataFrame(rows, orient="row", schema=MOMENTUM_SCHEMA)
+
+
+def _state_on(state, device: torch.device):
+    """The checkpoint's Adam moments (fp32) on ``device``, where the gradients are."""
+    state.exp_avg = {k: v.to(device=device, dtype=torch.float32) for k, v in state.exp_avg.items()}
+    state.exp_avg_sq = {
+        k: v.to(device=device, dtype=torch.float32) for k, v in state.exp_avg_sq.items()
+    }
+    return state
 
 
 @dataclass

@@ -7,7 +7,8 @@ projections (``projection``: ``projection_base``, ``projection_sparse``,
 stages as plain functions (``pipeline``), Eq. 2 scoring (``scoring``), selection
 (``selection``), the baselines (``baselines``: ``baseline_common``, ``baseline_bm25``,
 ``baseline_dsir``, ``baseline_rds``), nearest pool examples of one target example
-(``neighbors``) and small shared statistics (``stats``).
+(``neighbors``), the memory plan of a store build (``plan``) and small shared
+statistics (``stats``).
 
 May import: the base modules, ``less_lab.data`` and ``less_lab.model``.
 """

@@ -16,6 +16,7 @@ import polars as pl
 from less_lab.config import DataConfig
 from less_lab.core.baseline_common import score_frame, target_subtasks
 from less_lab.core.scoring import unit_rows
+from less_lab.model.device import model_device, to_host
 
 
 def last_token_states(
@@ -44,7 +45,7 @@ def last_token_states(
     ids = tok["example_id"].to_list()
     input_ids, labels = tok["input_ids"].to_list(), tok["labels"].to_list()
     body, _ = decoder_and_head(model)
-    device = next(model.parameters()).device
+    device = model_device(model)
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     batches = token_budget_batches(tok["n_tokens"].to_list(), token_budget, max_batch_examples)
     out = None
@@ -58,7 +59,7 @@ def last_token_states(
                 hidden = body(input_ids=batch["input_ids"].to(device), attention_mask=mask)
                 last = mask.sum(1) - 1
                 states = hidden.last_hidden_state[torch.arange(len(idx), device=device), last]
-                states = states.float().cpu().numpy()
+                states = to_host(states).numpy()
                 if out is None:
                     out = np.zeros((len(ids), states.shape[1]), dtype=np.float32)
                 out[idx] = states

@@ -6,7 +6,9 @@ One directory per (split, checkpoint, feature kind, projection):
 - ``ids.parquet``    example ids in row order
 - ``features.bin``   (n, d) float32/float16 memmap
 - ``stats.bin``      (n, 3) float32 memmap: loss, gradient norm, unprojected feature norm
-- ``done.bin``       (n,) uint8 memmap: rows written (flushed after their features)
+- ``crc.bin``        (n,) uint32: CRC32 of each row's features + stats, written before
+  its done mark; every done row is checked against it before a build resumes or finalises
+- ``done.bin``       (n,) uint8: rows written (marked after their bytes and checksum)
 - ``shards/``        only while several processes build it (see ``distributed``)
 - ``meta.json``      settings + completion facts, written LAST: its presence means complete
 
@@ -43,8 +45,12 @@ from less_lab.core.store_files import (
     SETTINGS,
     SHARDS,
     STAT_COLUMNS,
+    RowWriter,
+    allocate,
+    bad_rows,
     check_sizes,
     diff_settings,
+    file_crc,
     file_sizes,
     memmaps,
     read_chunks,
@@ -121,16 +127,30 @@ def open_store(
         diff_settings(path, {"format_version": disk_version}, {"format_version": FORMAT_VERSION})
     n, dim, dtype = meta["n"], meta["dim"], meta["dtype"]
     check_sizes(path, n, dim, dtype, ("features", "stats"))
-    fpath = store_paths(path)["features"]
     if verify is None:
         verify = file_sizes(n, dim, dtype)["features"] < 2 << 30
-    if verify and scan(fpath, n, dim, dtype)[0] != meta["crc32"]:
-        raise StoreCorruptError(
-            f"{fpath}: checksum differs from {path / META}; the store is corrupted"
-        )
-    feats, stats, _ = memmaps(path, n, dim, dtype, "r")
     ids = read_ids(path, n)
+    if verify:
+        _verify(path, meta)
+    feats, stats, *_ = memmaps(path, n, dim, dtype, "r")
     return Store(path, meta, ids, feats, pl.DataFrame(np.asarray(stats), schema=list(STAT_COLUMNS)))
+
+
+def _verify(path: Path, meta: dict) -> None:
+    """Check the CRC32 of every file a complete store is read from against ``meta.json``
+    (stats and ids: for stores finalised since their checksums were recorded)."""
+    n, dim, dtype = meta["n"], meta["dim"], meta["dtype"]
+    paths = store_paths(path)
+    sums = {
+        paths["features"]: ("crc32", lambda: scan(paths["features"], n, dim, dtype)[0]),
+        paths["stats"]: ("stats_crc32", lambda: file_crc(paths["stats"])),
+        path / "ids.parquet": ("ids_crc32", lambda: file_crc(path / "ids.parquet")),
+    }
+    for fpath, (key, compute) in sums.items():
+        if key in meta and compute() != meta[key]:
+            raise StoreCorruptError(
+                f"{fpath}: checksum differs from {path / META}; the store is corrupted"
+            )
 
 
 def build_store(
@@ -182,7 +202,7 @@ def _pending_units(
 ) -> tuple[np.ndarray, list[list[int]]]:
     """The done flags on disk and the units with any row not done (one unit per row when
     ``units`` is None)."""
-    done = np.array(memmaps(path, n, dim, dtype, "r")[2], dtype=bool)
+    done = np.array(memmaps(path, n, dim, dtype, "r")[2], dtype=bool)  # verified rows
     if units is None:  # one unit per row
         pending = [[r] for r in np.flatnonzero(~done).tolist()]
     else:
@@ -219,27 +239,27 @@ def _build_my_share(
     bar = tqdm(total=n, initial=initial, desc=path.name, unit="ex", disable=quiet)
     if mine:
         shard = path / SHARDS / f"rank-{dist.rank:05d}"
-        files = (
-            memmaps(path, n, dim, dtype, "r+")
-            if dist.world == 1
-            else new_shard(shard, np.asarray(mine), dim, dtype)
+        writer = (
+            RowWriter(path) if dist.world == 1 else new_shard(shard, np.asarray(mine), dim, dtype)
         )
         slot = np.full(n, -1, dtype=np.int64)  # where each of my rows goes; -1: not mine
         slot[mine] = mine if dist.world == 1 else np.arange(len(mine))
-        _fill(files, slot, compute(whole_units), dtype, on_write, bar)
+        try:
+            _fill(writer, slot, compute(whole_units), dtype, on_write, bar)
+        finally:
+            writer.close()
     bar.close()
 
 
 def _fill(
-    files: tuple[np.memmap, ...],
+    writer: RowWriter,
     slot: np.ndarray,
     outs: Iterator,
     dtype: str,
     on_write: Callable[[np.ndarray], None] | None,
     bar: tqdm,
 ) -> None:
-    """Write each computed row to its slot (features, stats, then the done flag)."""
-    feats, stats, done = files
+    """Write each computed row to its slot (features, stats, checksum, then done mark)."""
     for out in outs:
         rows = np.asarray(out.rows, dtype=np.int64)
         keep = slot[rows] >= 0  # asked of this process and not written yet
@@ -248,13 +268,10 @@ def _fill(
         rows, where = rows[keep], slot[rows[keep]]
         if on_write is not None:
             on_write(rows)
-        feats[where] = out.features.detach().cpu().numpy()[keep].astype(dtype)
+        feats = out.features.detach().cpu().numpy()[keep].astype(dtype)
         columns = (out.loss, out.grad_norm, out.feature_norm)
-        stats[where] = np.stack([c.detach().cpu().numpy() for c in columns], 1)[keep]
-        feats.flush()
-        stats.flush()
-        done[where] = 1
-        done.flush()
+        stats = np.stack([c.detach().cpu().numpy() for c in columns], 1)[keep]
+        writer.write(where, feats, stats)
         slot[rows] = -1
         bar.update(len(rows))
 
@@ -269,9 +286,30 @@ def _prepare(path: Path, settings: dict, ids: list[str]) -> None:
         if read_ids(path) != ids:
             raise SettingsMismatchError(f"{path}: partial store holds other example ids")
         check_sizes(path, n, settings["dim"], settings["dtype"], ("features", "stats", "done"))
+        allocate(path, n, settings["dim"], settings["dtype"])  # crc.bin of an older build
     else:
         _start(path, settings, ids)
     merge_shards(path, n, settings["dim"], settings["dtype"])
+    _forget_bad_rows(path, n, settings["dim"], settings["dtype"])
+
+
+def _forget_bad_rows(path: Path, n: int, dim: int, dtype: str) -> list[int]:
+    """Clear the done mark of every row whose bytes do not match its checksum (so it is
+    computed again), warning with the rows; returns them."""
+    done = memmaps(path, n, dim, dtype, "r+")[2]
+    if not done.any():
+        return []
+    bad = bad_rows(path, n, dim, dtype)[0]
+    if bad:
+        done[bad] = 0
+        done.flush()
+        p = store_paths(path)
+        warnings.warn(
+            f"{path}: rows {bad[:20]}{' ...' if len(bad) > 20 else ''} of {p['features']} / "
+            f"{p['stats']} do not match their checksum in {p['crc']}; computing them again",
+            stacklevel=3,
+        )
+    return bad
 
 
 def _start(path: Path, settings: dict, ids: list[str]) -> None:
@@ -284,7 +322,7 @@ def _start(path: Path, settings: dict, ids: list[str]) -> None:
     pl.DataFrame({"example_id": ids}, schema={"example_id": pl.String}).write_parquet(
         path / "ids.parquet"
     )
-    memmaps(path, len(ids), settings["dim"], settings["dtype"], "w+")
+    allocate(path, len(ids), settings["dim"], settings["dtype"])
     write_json(path / SETTINGS, settings)
 
 
@@ -293,13 +331,20 @@ def finish_store(path: str | Path) -> Store:
     path = Path(path)
     settings = read_json(path / SETTINGS)
     n, dim, dtype = settings["n"], settings["dim"], settings["dtype"]
-    check_sizes(path, n, dim, dtype, ("features", "stats", "done"))
-    _, stats, done = memmaps(path, n, dim, dtype, "r")
+    check_sizes(path, n, dim, dtype, ("features", "stats", "done", "crc"))
+    _, stats, done, _ = memmaps(path, n, dim, dtype, "r")
     missing = int((np.asarray(done) == 0).sum())
     if missing:
         raise RuntimeError(f"{path}: {missing} rows not computed yet; build again to resume")
     ids = read_ids(path, n)
-    crc, bad_feats = scan(store_paths(path)["features"], n, dim, dtype)
+    corrupt, crc, bad_feats = bad_rows(path, n, dim, dtype)
+    if corrupt:
+        _forget_bad_rows(path, n, dim, dtype)
+        p = store_paths(path)
+        raise StoreCorruptError(
+            f"{p['features']} / {p['stats']}: rows {corrupt[:20]} do not match their "
+            f"checksum in {p['crc']}; build again to compute them anew"
+        )
     bad_stats = np.flatnonzero(~np.isfinite(np.asarray(stats)).all(1)).tolist()
     bad = [ids[i] for i in sorted(set(bad_feats) | set(bad_stats))]
     if bad:
@@ -310,7 +355,9 @@ def finish_store(path: str | Path) -> Store:
             + f" (all in {path / META})",
             stacklevel=2,
         )
-    write_json(path / META, {**settings, "crc32": crc, "nonfinite_ids": bad})
+    sums = {"stats_crc32": file_crc(store_paths(path)["stats"]),
+            "ids_crc32": file_crc(path / "ids.parquet")}  # fmt: skip
+    write_json(path / META, {**settings, "crc32": crc, **sums, "nonfinite_ids": bad})
     return open_store(path, verify=False)
 
 

@@ -28,6 +28,8 @@ from typing import TypeVar
 
 import torch
 
+from less_lab.model.device import resolve_device
+
 T = TypeVar("T")
 TIMEOUT_ENV = "LESS_LAB_DIST_TIMEOUT_S"
 """Seconds a rank may wait at a barrier (default one day: rank 0 may train the warmup
@@ -87,10 +89,9 @@ def context(backend: str | None = None) -> DistContext:
 
 
 def device() -> torch.device:
-    """The device this rank should compute on: ``cuda:LOCAL_RANK`` if CUDA is there, else CPU."""
-    if torch.cuda.is_available():
-        return torch.device("cuda", env_context().local_rank % torch.cuda.device_count())
-    return torch.device("cpu")
+    """The device this rank should compute on: ``cuda:LOCAL_RANK`` if CUDA is there, else CPU
+    (``device.resolve_device("auto")``, the policy every stage follows)."""
+    return resolve_device("auto")
 
 
 @contextmanager

@@ -19,11 +19,12 @@ import torch
 from less_lab._version import __version__
 from less_lab.config import GradientConfig, ScoreConfig, WarmupConfig, to_dict
 from less_lab.core.datastore import Store, build_store
-from less_lab.core.gradients import iter_features
+from less_lab.core.gradients import BatchFeatures, iter_features
 from less_lab.core.projection import make_projector
 from less_lab.core.scoring import aggregate, long_frame, subtask_scores
 from less_lab.core.training import Checkpoint, load_adapter, train_lora
 from less_lab.data.batching import collate, token_budget_batches
+from less_lab.model.device import model_device, to_host
 from less_lab.model.loading import file_fingerprint
 from less_lab.model.lora import block_names, block_shapes, lora_modules
 
@@ -98,6 +99,42 @@ def _batches(
             yield idx, {k: v.to(device) for k, v in batch.items()}
 
 
+def _projector(cfg: GradientConfig, modules, device: torch.device):
+    """The store's projector for these LoRA blocks, on the model's device."""
+    sizes = [a * b for a, b in block_shapes(modules)]
+    dim = sum(sizes) if cfg.projection == "none" else cfg.proj_dim
+    return make_projector(
+        cfg.projection,
+        sizes,
+        dim,
+        cfg.proj_seed,
+        sparse_nnz=cfg.sparse_nnz,
+        device=device,
+        cache_mb=cfg.sketch_cache_mb,
+    )
+
+
+def _adam_on(checkpoint: Checkpoint, device: torch.device):
+    """The checkpoint's Adam moments in fp32 on ``device``, next to the gradients (the
+    Adam transform is fp32 whatever the model dtype)."""
+    adam = checkpoint.adam_state()
+    adam.exp_avg = {k: v.to(device, torch.float32) for k, v in adam.exp_avg.items()}
+    adam.exp_avg_sq = {k: v.to(device, torch.float32) for k, v in adam.exp_avg_sq.items()}
+    return adam
+
+
+def _on_host(features):
+    """Each batch's features and statistics read back to the host (fp32) for the store."""
+    for f in features:
+        yield BatchFeatures(
+            f.rows,
+            to_host(f.features),
+            to_host(f.loss),
+            to_host(f.grad_norm),
+            to_host(f.feature_norm),
+        )
+
+
 def store_settings(
     split: str,
     feature: str,
@@ -155,14 +192,10 @@ def extract_store(
     if checkpoint is not None:
         load_adapter(model, checkpoint)
     model.eval()
-    device = next(model.parameters()).device
+    device = model_device(model)
     modules = lora_modules(model)
     names = block_names(modules)
-    sizes = [a * b for a, b in block_shapes(modules)]
-    dim = sum(sizes) if cfg.projection == "none" else cfg.proj_dim
-    projector = make_projector(
-        cfg.projection, sizes, dim, cfg.proj_seed, sparse_nnz=cfg.sparse_nnz, device=device
-    )
+    projector = _projector(cfg, modules, device)
     settings = store_settings(
         split,
         feature,
@@ -172,15 +205,14 @@ def extract_store(
         checkpoint=checkpoint,
         data_fp=data_fingerprint(tokenized),
     )
-    adam = checkpoint.adam_state() if feature == "adam" and checkpoint is not None else None
-    if adam is not None and device.type != "cpu":
-        adam.exp_avg = {k: v.to(device) for k, v in adam.exp_avg.items()}
-        adam.exp_avg_sq = {k: v.to(device) for k, v in adam.exp_avg_sq.items()}
+    adam = _adam_on(checkpoint, device) if feature == "adam" and checkpoint is not None else None
     plan = _plan(tokenized, cfg)
 
     def compute(rows: list[int]):
         batches = _batches(tokenized, rows, plan, pad_id, device)
-        return iter_features(model, modules, names, batches, projector, feature, cfg, adam)
+        return _on_host(
+            iter_features(model, modules, names, batches, projector, feature, cfg, adam)
+        )
 
     return build_store(
         out_dir,

@@ -8,6 +8,7 @@ the sparse CPU default is in ``projection_sparse``.
 from __future__ import annotations
 
 import math
+import warnings
 from typing import Any
 
 import torch
@@ -30,7 +31,8 @@ class RademacherProjector(Projector):
     On CUDA, trak's ``CudaProjector`` (``fast_jl``) is used when importable and
     ``proj_dim % 512 == 0``: one per block, with a per-block seed and its output rescaled to
     our +-1/sqrt(d) convention (measured once on a one-hot probe). Otherwise the chunks are
-    generated on the device. CPU, CUDA and fast_jl matrices all differ (``generator`` in
+    generated on the device, with a ``RuntimeWarning`` naming that slower path and why it
+    was taken. CPU, CUDA and fast_jl matrices all differ (``generator`` in
     ``describe()``), so their features must not be mixed.
     """
 
@@ -41,11 +43,30 @@ class RademacherProjector(Projector):
         self.chunk_rows = int(chunk_rows or (4096 if on_cuda else 128))
         if use_fast_jl is None:
             use_fast_jl = on_cuda and self.proj_dim % 512 == 0 and _fast_jl_importable()
+            if on_cuda and not use_fast_jl:
+                self._warn_dense_fallback()
         if use_fast_jl and not on_cuda:
             raise ValueError("fast_jl (trak's CudaProjector) needs a CUDA device")
         self.use_fast_jl = bool(use_fast_jl)
         self._cuda: list[Any] = []
         self._cuda_scale = 1.0
+
+    def _warn_dense_fallback(self) -> None:
+        """Never fall back silently: name the slower path and why it was taken."""
+        why = (
+            f"proj_dim={self.proj_dim} is not a multiple of 512"
+            if self.proj_dim % 512
+            else "trak's fast_jl CUDA extension is not importable "
+            '(pip install "traker[fast]" compiles it)'
+        )
+        warnings.warn(
+            f"rademacher projection on {self.device}: {why}; falling back to the slower "
+            f"path that generates the dense +-1 matrix on the device in chunks of "
+            f"{self.chunk_rows} rows (P x d entries per batch), and whose matrix differs "
+            "from fast_jl's (generator torch-cuda-philox)",
+            RuntimeWarning,
+            stacklevel=4,
+        )
 
     @property
     def generator(self) -> str:
@@ -68,27 +89,26 @@ class RademacherProjector(Projector):
         # Arithmetic shift maps a byte to -1 (sign bit set) or 0; "| 1" makes that -1 or +1.
         return high.bitwise_right_shift_(7).bitwise_or_(1).to(torch.float32)
 
-    def _project(self, blocks: list[torch.Tensor], batch: int) -> torch.Tensor:
-        if self.use_fast_jl:
-            return self._project_fast_jl(blocks)
+    def _begin(self, batch: int) -> dict[str, Any]:
         out = torch.zeros(batch, self.proj_dim, device=self.device)
-        gen = torch.Generator(device=self.device)
-        for i, x in enumerate(blocks):
-            x = x.float()
-            for chunk, start in enumerate(range(0, x.shape[1], self.chunk_rows)):
-                part = x[:, start : start + self.chunk_rows]
-                out.addmm_(part, self.signs(i, chunk, gen)[: part.shape[1]])
-        return out.mul_(1.0 / math.sqrt(self.proj_dim))
+        return {"out": out, "gen": None if self.use_fast_jl else torch.Generator(self.device)}
 
-    def _project_fast_jl(self, blocks: list[torch.Tensor]) -> torch.Tensor:
-        if not self._cuda:
-            self._cuda = [self._make_cuda(i, n) for i, n in enumerate(self.block_sizes)]
-            self._cuda_scale = self._calibrate()
-        out = None
-        for proj, x in zip(self._cuda, blocks, strict=True):
-            part = proj.project(x.float().contiguous(), model_id=0).float()
-            out = part if out is None else out.add_(part)
-        return out.mul_(self._cuda_scale)
+    def _add(self, state: dict[str, Any], block: int, x: torch.Tensor) -> None:
+        x = x.float()
+        if self.use_fast_jl:
+            if not self._cuda:
+                self._cuda = [self._make_cuda(i, n) for i, n in enumerate(self.block_sizes)]
+                self._cuda_scale = self._calibrate()
+            state["out"].add_(self._cuda[block].project(x.contiguous(), model_id=0).float())
+            return
+        for chunk, start in enumerate(range(0, x.shape[1], self.chunk_rows)):
+            part = x[:, start : start + self.chunk_rows]
+            signs = self.signs(block, chunk, state["gen"])[: part.shape[1]]
+            state["out"].addmm_(part, signs)
+
+    def _finish(self, state: dict[str, Any]) -> torch.Tensor:
+        scale = self._cuda_scale if self.use_fast_jl else 1.0 / math.sqrt(self.proj_dim)
+        return state["out"].mul_(scale)
 
     def _make_cuda(self, block: int, size: int) -> Any:
         from trak.projectors import CudaProjector, ProjectionType
@@ -126,7 +146,9 @@ class TrakBasicProjector(Projector):
 
     trak's Rademacher entries are +-1; we scale by 1/sqrt(d) to match the other kinds (the
     matrix itself differs from ``rademacher``'s). trak regenerates its whole ``P x d``
-    matrix with ``bernoulli_`` (~0.07 G entries/s on CPU) every call, whatever the batch:
+    matrix with ``bernoulli_`` (~0.07 G entries/s on CPU) every call, whatever the batch,
+    and needs the whole ``(b, P)`` vector (fed block by block, it keeps every block until
+    ``finish``: not for 7B-scale P):
     minutes per call at LESS sizes. ``block_size`` (output columns per generated slab) is
     kept below ``proj_dim`` because trak breaks with a single slab, and is sized so a slab
     (P x block_size floats) fits in ``slab_bytes``. It changes the matrix, so it is recorded.
@@ -147,11 +169,17 @@ class TrakBasicProjector(Projector):
         extra = {"generator": f"trak-basic-{self.device.type}", "trak_block_size": self.block_size}
         return {**super().describe(), **extra}
 
-    def _project(self, blocks: list[torch.Tensor], batch: int) -> torch.Tensor:
+    def _begin(self, batch: int) -> list[torch.Tensor | None]:
+        return [None] * len(self.block_sizes)
+
+    def _add(self, state: list[torch.Tensor | None], block: int, x: torch.Tensor) -> None:
+        state[block] = x.float()  # trak needs the whole vector: kept until ``finish``
+
+    def _finish(self, state: list[torch.Tensor]) -> torch.Tensor:
         if self._trak is None:
             from trak.projectors import BasicProjector, ProjectionType
 
             args = (self.input_dim, self.proj_dim, self.seed, ProjectionType.rademacher)
             self._trak = BasicProjector(*args, self.device, block_size=self.block_size)
-        flat = torch.cat([x.float() for x in blocks], dim=1)
+        flat = torch.cat(state, dim=1)
         return self._trak.project(flat, model_id=0).mul_(1.0 / math.sqrt(self.proj_dim))

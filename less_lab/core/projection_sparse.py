@@ -7,12 +7,22 @@ the dense kinds (``projection_dense``) beyond the ``Projector`` base.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 
 from less_lab.core.projection_base import Projector, derive_seed
+
+AUTO_CACHE_LIMIT = 4096 * 2**20
+"""Most bytes the hash tables take when no cache size is given: every block of LoRA r=128
+on a 7B (4 x 134M x 4 B = 2.1 GB) or 13B model fits."""
+
+
+def sketch_table_bytes(block_sizes: Sequence[int], proj_dim: int, nnz: int) -> int:
+    """Bytes of the hash tables of every block: 4 per non-zero plus 8 * d bag starts."""
+    return sum(4 * (nnz * n + 2 * proj_dim) for n in block_sizes)
 
 
 class SparseSignProjector(Projector):
@@ -28,20 +38,22 @@ class SparseSignProjector(Projector):
     bucket gathers and sums its rows with ``embedding_bag`` (a fused gather-sum kernel) over
     a precomputed list of the block's coordinates sorted by bucket; positive and negative
     signs go to separate bags, subtracted at the end. The sorted lists (4 bytes per
-    non-zero) are cached up to ``cache_bytes``; blocks beyond it are rehashed every call
-    (identical result, slower).
+    non-zero) are cached on the device up to ``cache_bytes`` (None: every block, up to
+    ``AUTO_CACHE_LIMIT``; ``GradientConfig.sketch_cache_mb``); blocks beyond it are rehashed
+    every call (identical result, slower: at 7B a rehash of all blocks costs seconds).
     """
 
     kind = "sparse_sign"
 
-    def _configure(self, *, nnz: int = 4, cache_bytes: int = 512 * 2**20) -> None:
+    def _configure(self, *, nnz: int = 4, cache_bytes: int | None = None) -> None:
         if not 1 <= nnz <= self.proj_dim:
             raise ValueError(f"sparse_nnz must be in [1, proj_dim={self.proj_dim}], got {nnz}")
         self.nnz = int(nnz)
         bounds = [r * self.proj_dim // self.nnz for r in range(self.nnz + 1)]
         self._lo = torch.tensor(bounds[:-1], dtype=torch.int64)
         self._width = torch.tensor(bounds[1:], dtype=torch.int64) - self._lo
-        self.cache_bytes = int(cache_bytes)
+        full = sketch_table_bytes(self.block_sizes, self.proj_dim, self.nnz)
+        self.cache_bytes = min(full, AUTO_CACHE_LIMIT) if cache_bytes is None else int(cache_bytes)
         self._cache: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
         self.cached_bytes = 0
 
@@ -88,7 +100,7 @@ class SparseSignProjector(Projector):
 
         ``x.T @ I`` through BLAS transposes fp32 ~1.6x faster than ``copy_`` on CPU and is
         exact (each output is one ``x * 1`` plus exact zeros); non-finite inputs would leak
-        across rows through ``inf * 0``, so ``_project`` redoes such batches with ``copy_``."""
+        across rows through ``inf * 0``, so ``_add`` redoes such blocks with ``copy_``."""
         n, b = x.shape[1], x.shape[0]
         if x.dtype == torch.float32 and x.t().is_contiguous():
             return x.t()
@@ -97,19 +109,25 @@ class SparseSignProjector(Projector):
             return torch.mm(x.t(), eye, out=out)
         return out.copy_(x.t())
 
-    def _project(self, blocks: list[torch.Tensor], batch: int) -> torch.Tensor:
-        feats = self._sketch(blocks, batch, use_blas=True)
-        if not torch.isfinite(feats).all():
-            feats = self._sketch(blocks, batch, use_blas=False)
-        return feats
-
-    def _sketch(self, blocks: list[torch.Tensor], batch: int, use_blas: bool) -> torch.Tensor:
-        eye = torch.eye(batch, device=self.device) if use_blas else None
-        buffer = torch.empty(max(self.block_sizes) * batch, device=self.device)
+    def _begin(self, batch: int) -> dict[str, Any]:
         bags = torch.zeros(2 * self.proj_dim, batch, device=self.device)
-        for i, x in enumerate(blocks):
-            coords, starts = self._hash(i)
-            rows = self._rows(x, buffer, eye)
-            bags += F.embedding_bag(coords, rows, starts, mode="sum")
-        scale = 1.0 / math.sqrt(self.nnz)
+        return {"bags": bags, "eye": torch.eye(batch, device=self.device), "buffer": None}
+
+    def _add(self, state: dict[str, Any], block: int, x: torch.Tensor) -> None:
+        """Gather-sum the block into its bags. ``x.T @ I`` would leak a non-finite value
+        into every row of the block (``inf * 0``), so such a block is redone with ``copy_``
+        (exact either way: the other rows come out equal to a batch without it)."""
+        coords, starts = self._hash(block)
+        if state["buffer"] is None:
+            n = max(self.block_sizes) * x.shape[0]
+            state["buffer"] = torch.empty(n, device=self.device)
+        rows = self._rows(x, state["buffer"], state["eye"])
+        part = F.embedding_bag(coords, rows, starts, mode="sum")
+        if not torch.isfinite(part).all():
+            rows = self._rows(x, state["buffer"], None)
+            part = F.embedding_bag(coords, rows, starts, mode="sum")
+        state["bags"] += part
+
+    def _finish(self, state: dict[str, Any]) -> torch.Tensor:
+        bags, scale = state["bags"], 1.0 / math.sqrt(self.nnz)
         return (bags[: self.proj_dim] - bags[self.proj_dim :]).t().mul(scale).contiguous()

@@ -9,6 +9,8 @@ directory layout and the fault model.
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import json
 import os
 import zlib
@@ -20,7 +22,8 @@ import numpy as np
 import polars as pl
 import torch
 
-from less_lab.errors import SettingsMismatchError, StoreCorruptError
+from less_lab._io import storage_error
+from less_lab.errors import SettingsMismatchError, StorageError, StoreCorruptError
 
 STAT_COLUMNS = ("loss", "grad_norm", "feature_norm")
 META, SETTINGS, SHARDS = "meta.json", "settings.json", "shards"
@@ -76,8 +79,22 @@ def read_json(path: Path) -> dict:
 def write_json(path: Path, data: dict) -> None:
     """Atomically: a kill leaves either the old file or the new one, never half of one."""
     tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(data, indent=1, sort_keys=True))
-    os.replace(tmp, path)
+    text = json.dumps(data, indent=1, sort_keys=True)
+    try:
+        tmp.write_text(text)
+        os.replace(tmp, path)
+    except OSError as err:
+        raise io_error(err, path, len(text)) from err
+
+
+def io_error(err: OSError, fpath: Path, need: int, note: str = "") -> OSError:
+    """``err`` naming ``fpath``: disk full says how many bytes were needed."""
+    named = storage_error(err, fpath)
+    if err.errno == errno.ENOSPC:
+        return StorageError(errno.ENOSPC, f"{named.strerror}; {need} bytes needed{note}")
+    if named is err:
+        return type(err)(err.errno, f"{fpath}: {err.strerror}")
+    return named
 
 
 def read_chunks(
@@ -133,9 +150,15 @@ def _pread_rows(fd: int, fpath: Path, buf: np.ndarray, start: int, k: int) -> np
     return buf[:k]
 
 
+ROW_FILES = ("features", "stats", "crc", "done")
+"""In the order a row is written: its bytes, their CRC32, then its done mark (a kill at
+any instant leaves a row either not done or done with bytes matching its checksum)."""
+
+
 def store_paths(path: Path) -> dict[str, Path]:
-    """The ``features``, ``stats`` and ``done`` files of a store (or of a shard)."""
-    return {k: path / f"{k}.bin" for k in ("features", "stats", "done")}
+    """The ``features``, ``stats``, ``crc`` (per-row checksums) and ``done`` files of a
+    store (or of a shard)."""
+    return {k: path / f"{k}.bin" for k in ROW_FILES}
 
 
 def file_sizes(n: int, dim: int, dtype: str) -> dict[str, int]:
@@ -143,8 +166,131 @@ def file_sizes(n: int, dim: int, dtype: str) -> dict[str, int]:
     return {
         "features": n * dim * np.dtype(dtype).itemsize,
         "stats": n * len(STAT_COLUMNS) * 4,
+        "crc": n * 4,
         "done": n,
     }
+
+
+def allocate(path: Path, n: int, dim: int, dtype: str) -> None:
+    """Create (zero-filled) or complete the row files with real disk blocks, so a full
+    disk fails here as ``StorageError`` naming the file and the bytes needed, not later
+    as a SIGBUS inside a memmap write. Existing bytes are kept."""
+    sizes = file_sizes(n, dim, dtype)
+    for name, fpath in store_paths(path).items():
+        try:
+            fd = os.open(fpath, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as err:
+            raise io_error(err, fpath, sizes[name]) from err
+        try:
+            if sizes[name]:
+                os.posix_fallocate(fd, 0, sizes[name])
+        except OSError as err:
+            if err.errno not in (errno.EOPNOTSUPP, errno.EINVAL):
+                total = f" ({sum(sizes.values())} for the store)"
+                raise io_error(err, fpath, sizes[name], total) from err
+            os.ftruncate(fd, max(sizes[name], os.fstat(fd).st_size))  # no fallocate here
+        finally:
+            os.close(fd)
+
+
+def row_crcs(feats: np.ndarray, stats: np.ndarray) -> np.ndarray:
+    """CRC32 of each row's feature bytes followed by its stats bytes."""
+    f = np.ascontiguousarray(feats).reshape(len(feats), -1).view(np.uint8)
+    s = np.ascontiguousarray(stats, dtype=np.float32).view(np.uint8)
+    return np.array([zlib.crc32(s[i], zlib.crc32(f[i])) for i in range(len(f))], np.uint32)
+
+
+class RowWriter:
+    """Writes rows into a store's (or shard's) files with ``pwrite``: features, stats,
+    their checksums, then the done marks, so an I/O error (disk full) names its file."""
+
+    def __init__(self, path: Path) -> None:
+        self.paths = store_paths(path)
+        self.fds: dict[str, int] = {}
+        try:
+            for name, fpath in self.paths.items():
+                self.fds[name] = os.open(fpath, os.O_RDWR)
+        except OSError as err:
+            self.close()
+            raise io_error(err, fpath, 0) from err
+
+    def write(self, where: np.ndarray, feats: np.ndarray, stats: np.ndarray) -> None:
+        stats = np.ascontiguousarray(stats, dtype=np.float32)
+        parts = (feats, stats, row_crcs(feats, stats), np.ones(len(where), np.uint8))
+        for name, rows in zip(ROW_FILES, parts, strict=True):
+            self._put(name, where, np.ascontiguousarray(rows))
+
+    def _put(self, name: str, where: np.ndarray, rows: np.ndarray) -> None:
+        width = rows[0].nbytes
+        for i, w in enumerate(where.tolist()):
+            data = memoryview(rows[i : i + 1]).cast("B")
+            try:
+                done = 0
+                while done < len(data):
+                    done += os.pwrite(self.fds[name], data[done:], w * width + done)
+            except OSError as err:
+                raise io_error(err, self.paths[name], len(where) * width) from err
+
+    def close(self) -> None:
+        for fd in self.fds.values():
+            os.close(fd)
+        self.fds = {}
+
+
+def bad_rows(path: Path, n: int, dim: int, dtype: str) -> tuple[list[int], int, list[int]]:
+    """One read of a store: the rows marked done whose bytes do not match their recorded
+    checksum, the CRC32 of the whole feature file, and the rows holding a NaN or inf."""
+    p = store_paths(path)
+    stats = _read_all(p["stats"], (n, len(STAT_COLUMNS)), "float32")
+    recorded = _read_all(p["crc"], (n,), "uint32")
+    done = _read_all(p["done"], (n,), "uint8").astype(bool)
+    crc, nonfinite, bad = 0, [], []
+    rows = max(1, (64 << 20) // max(1, dim * np.dtype(dtype).itemsize))
+    for start, chunk in read_chunks(p["features"], n, dim, dtype, rows, convert=False):
+        end = start + len(chunk)
+        crc = zlib.crc32(memoryview(chunk).cast("B"), crc)
+        finite = torch.isfinite(torch.from_numpy(chunk)).all(1).numpy()
+        nonfinite += (start + np.flatnonzero(~finite)).tolist()
+        check = done[start:end]
+        if check.any():
+            got = row_crcs(chunk[check], stats[start:end][check])
+            rows_here = start + np.flatnonzero(check)
+            bad += rows_here[got != recorded[start:end][check]].tolist()
+    return bad, crc, nonfinite
+
+
+def _read_all(fpath: Path, shape: tuple[int, ...], dtype: str) -> np.ndarray:
+    try:
+        data = np.fromfile(fpath, dtype=dtype)
+    except OSError as err:
+        raise StoreCorruptError(f"{fpath}: unreadable ({err})") from None
+    if data.size != int(np.prod(shape)):
+        raise StoreCorruptError(f"{fpath}: size {data.nbytes}, expected {np.prod(shape)} items")
+    return data.reshape(shape)
+
+
+@contextlib.contextmanager
+def naming_errors(fpath: Path, need: int) -> Iterator[None]:
+    """OS errors of the body name ``fpath`` (disk full: with the ``need`` bytes)."""
+    try:
+        yield
+    except OSError as err:
+        raise io_error(err, fpath, need) from err
+
+
+def file_records(folder: Path, skip: str) -> dict[str, list[int]]:
+    """``relative path -> [size, crc32]`` of every file under ``folder`` but ``skip``."""
+    files = sorted(p for p in folder.rglob("*") if p.is_file() and p.name != skip)
+    return {f.relative_to(folder).as_posix(): [f.stat().st_size, file_crc(f)] for f in files}
+
+
+def file_crc(fpath: Path) -> int:
+    """CRC32 of a whole file (read in 16 MiB blocks)."""
+    crc = 0
+    with fpath.open("rb") as fh:
+        while block := fh.read(16 << 20):
+            crc = zlib.crc32(block, crc)
+    return crc
 
 
 def check_sizes(path: Path, n: int, dim: int, dtype: str, names: Sequence[str]) -> None:
@@ -161,12 +307,14 @@ def check_sizes(path: Path, n: int, dim: int, dtype: str, names: Sequence[str]) 
 
 
 def memmaps(path: Path, n: int, dim: int, dtype: str, mode: str) -> tuple[np.memmap, ...]:
-    """``(features, stats, done)`` of a store opened as memmaps in ``mode``."""
+    """``(features, stats, done, crc)`` of a store opened as memmaps in ``mode`` (``r`` or
+    ``r+``: files are created by ``allocate``)."""
     p = store_paths(path)
     return (
         np.memmap(p["features"], dtype=dtype, mode=mode, shape=(n, dim)),
         np.memmap(p["stats"], dtype="float32", mode=mode, shape=(n, len(STAT_COLUMNS))),
         np.memmap(p["done"], dtype="uint8", mode=mode, shape=(n,)),
+        np.memmap(p["crc"], dtype="uint32", mode=mode, shape=(n,)),
     )
 
 

@@ -16,21 +16,26 @@ from pathlib import Path
 
 import numpy as np
 
-from less_lab.core.store_files import SHARDS, STAT_COLUMNS, check_sizes, memmaps, store_paths
+from less_lab.core.store_files import (
+    ROW_FILES,
+    SHARDS,
+    RowWriter,
+    allocate,
+    check_sizes,
+    memmaps,
+)
 from less_lab.errors import StoreCorruptError
 
 
-def new_shard(shard: Path, rows: np.ndarray, dim: int, dtype: str) -> tuple[np.memmap, ...]:
-    """A rank's private files for its ``rows``; ``done.bin`` appears last (valid marker)."""
+def new_shard(shard: Path, rows: np.ndarray, dim: int, dtype: str) -> RowWriter:
+    """A rank's private files for its ``rows`` (``done.bin`` is allocated last; a shard
+    whose files do not all have their sizes is ignored) and a writer into them."""
     shutil.rmtree(shard, ignore_errors=True)
     shard.mkdir(parents=True)
-    rows.astype(np.int64).tofile(shard / "rows.bin")
-    p, m = store_paths(shard), len(rows)
-    feats = np.memmap(p["features"], dtype=dtype, mode="w+", shape=(m, dim))
-    stats = np.memmap(p["stats"], dtype="float32", mode="w+", shape=(m, len(STAT_COLUMNS)))
-    np.zeros(m, dtype=np.uint8).tofile(shard / "done.tmp")
-    os.replace(shard / "done.tmp", p["done"])
-    return feats, stats, np.memmap(p["done"], dtype="uint8", mode="r+")
+    rows.astype(np.int64).tofile(shard / "rows.tmp")
+    os.replace(shard / "rows.tmp", shard / "rows.bin")
+    allocate(shard, len(rows), dim, dtype)
+    return RowWriter(shard)
 
 
 def merge_shards(path: Path, n: int, dim: int, dtype: str) -> None:
@@ -41,33 +46,38 @@ def merge_shards(path: Path, n: int, dim: int, dtype: str) -> None:
     so a half-deleted shard is ignored), and a row already done is never copied again."""
     if not (path / SHARDS).exists():
         return
-    feats, stats, done = memmaps(path, n, dim, dtype, "r+")
+    files = memmaps(path, n, dim, dtype, "r+")
     for shard in sorted((path / SHARDS).iterdir()):
         if (shard / "done.bin").exists():
-            _merge_one(shard, feats, stats, done, dim, dtype)
+            _merge_one(shard, files, dim, dtype)
             (shard / "done.bin").unlink()
         shutil.rmtree(shard)
     shutil.rmtree(path / SHARDS)
 
 
-def _merge_one(shard: Path, feats, stats, done, dim: int, dtype: str) -> None:
+def _merge_one(shard: Path, files: tuple[np.memmap, ...], dim: int, dtype: str) -> None:
+    """Copy a shard's done rows (bytes and checksums, then done marks) into ``files``;
+    the store verifies every done row against its checksum before finalising."""
+    feats, stats, done, crc = files
     rows = np.fromfile(shard / "rows.bin", dtype=np.int64)
     m = len(rows)
     if m == 0:
         return
     try:
-        check_sizes(shard, m, dim, dtype, ("features", "stats", "done"))
+        check_sizes(shard, m, dim, dtype, ROW_FILES)
     except StoreCorruptError as err:
         warnings.warn(f"{err}: ignoring this shard, its rows will be recomputed", stacklevel=3)
         return
-    s_feats, s_stats, s_done = memmaps(shard, m, dim, dtype, "r")
+    s_feats, s_stats, s_done, s_crc = memmaps(shard, m, dim, dtype, "r")
     take = np.flatnonzero(np.asarray(s_done, dtype=bool) & ~np.asarray(done[rows], dtype=bool))
     step = max(1, (64 << 20) // max(1, dim * np.dtype(dtype).itemsize))
     for start in range(0, len(take), step):
         part = take[start : start + step]
         feats[rows[part]] = s_feats[part]
         stats[rows[part]] = s_stats[part]
+        crc[rows[part]] = s_crc[part]
     feats.flush()
     stats.flush()
+    crc.flush()
     done[rows[take]] = 1
     done.flush()

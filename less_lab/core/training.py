@@ -4,26 +4,37 @@ rate. Used for the warmup (§4.1) and for fine-tuning on a selection.
 
 A checkpoint directory holds ``adapter/`` (PEFT format), ``optimizer.safetensors``
 (``<name>.exp_avg`` / ``<name>.exp_avg_sq``) and ``state.json``, written last: an epoch
-directory without ``state.json`` is incomplete and is redone on resume.
+directory without ``state.json`` is incomplete and is redone on resume. ``state.json`` also
+records the size and CRC32 of every other file, checked whenever one is read (a damaged
+file raises ``StoreCorruptError`` naming it), and ``adapter_config.json`` is rewritten
+canonically (sorted keys and ``target_modules``), so identical training gives identical
+bytes and the same fingerprint whatever the process's hash seed.
 """
 
 from __future__ import annotations
 
+import io
 import json
 import math
 import shutil
+import zlib
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import polars as pl
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load as safetensors_from_bytes
+from safetensors.torch import save_file
 from tqdm.auto import tqdm
 
+from less_lab._io import write_json
 from less_lab.config import TrainConfig, record_settings, to_dict
 from less_lab.core.gradients import AdamState
+from less_lab.core.store_files import file_records, naming_errors
 from less_lab.data.batching import collate, token_budget_batches
+from less_lab.errors import StoreCorruptError
+from less_lab.model.device import host_float, model_device, to_host
 from less_lab.model.lora import canonical_name, completion_token_losses
 
 STATE_FILE = "state.json"
@@ -41,21 +52,47 @@ class Checkpoint:
     betas: tuple[float, float]
     eps: float
     train_loss: float = float("nan")
+    files: dict = field(default_factory=dict)
+    """``relative path -> [size, crc32]`` of the files written with the checkpoint."""
 
     @property
     def adapter_dir(self) -> Path:
         return self.path / "adapter"
 
+    def read(self, rel: str) -> bytes:
+        """The bytes of a checkpoint file, checked against the size and CRC32 recorded in
+        ``state.json`` (when recorded); ``StoreCorruptError`` naming the file otherwise."""
+        fpath = self.path / rel
+        try:
+            data = fpath.read_bytes()
+        except OSError as err:
+            raise StoreCorruptError(f"{fpath}: unreadable ({err.strerror})") from None
+        want = self.files.get(rel)
+        if want is not None and [len(data), zlib.crc32(data)] != list(want):
+            raise StoreCorruptError(
+                f"{fpath}: size or checksum differs from {self.path / STATE_FILE} "
+                f"({len(data)} bytes, expected {want[0]}); the checkpoint is corrupted"
+            )
+        return data
+
+    def tensors(self, rel: str) -> dict[str, torch.Tensor]:
+        """A checked safetensors file of the checkpoint."""
+        data = self.read(rel)
+        try:
+            return safetensors_from_bytes(data)  # tensors only: never unpickles
+        except Exception as err:  # safetensors raises its own error types
+            raise StoreCorruptError(f"{self.path / rel}: unreadable ({err})") from None
+
     def adam_state(self) -> AdamState:
         """The saved moments as an ``AdamState`` keyed by canonical LoRA weight name."""
-        tensors = load_file(self.path / "optimizer.safetensors")
+        tensors = self.tensors("optimizer.safetensors")
         avg = {k[: -len(".exp_avg")]: v for k, v in tensors.items() if k.endswith(".exp_avg")}
         sq = {k[: -len(".exp_avg_sq")]: v for k, v in tensors.items() if k.endswith(".exp_avg_sq")}
         return AdamState(avg, sq, self.step, self.betas, self.eps)
 
     def adapter_weights(self) -> dict[str, torch.Tensor]:
         """LoRA weights keyed by canonical name."""
-        weights = load_file(self.adapter_dir / "adapter_model.safetensors")
+        weights = self.tensors("adapter/adapter_model.safetensors")
         return {canonical_name(k): v for k, v in weights.items()}
 
     @classmethod
@@ -65,16 +102,22 @@ class Checkpoint:
         state_file = path / STATE_FILE
         if not state_file.exists():
             raise FileNotFoundError(f"{state_file}: missing; the checkpoint is incomplete")
-        s = json.loads(state_file.read_text())
-        return cls(
-            path,
-            s["epoch"],
-            s["step"],
-            s["lr"],
-            tuple(s["betas"]),
-            s["eps"],
-            s.get("train_loss", float("nan")),
-        )
+        try:
+            s = json.loads(state_file.read_text())
+            args = (s["epoch"], s["step"], s["lr"], tuple(s["betas"]), s["eps"])
+        except (ValueError, KeyError, TypeError) as err:
+            raise StoreCorruptError(f"{state_file}: unreadable ({err!r})") from None
+        return cls(path, *args, s.get("train_loss", float("nan")), s.get("files", {}))
+
+
+def load_optimizer_state(checkpoint: Checkpoint) -> dict:
+    """The full torch optimizer state saved with a checkpoint (checked)."""
+    data = checkpoint.read("optimizer_full.pt")
+    try:
+        return torch.load(io.BytesIO(data), weights_only=True)
+    except Exception as err:  # torch raises several types for a damaged file
+        fpath = checkpoint.path / "optimizer_full.pt"
+        raise StoreCorruptError(f"{fpath}: unreadable ({err})") from None
 
 
 def load_adapter(model: torch.nn.Module, checkpoint: Checkpoint) -> None:
@@ -112,47 +155,65 @@ def _epoch_order(n: int, seed: int, epoch: int) -> list[int]:
     """The shuffled example order of one epoch; a pure function of (seed, epoch) so a
     resumed run sees exactly the data order an uninterrupted one would."""
     gen = torch.Generator().manual_seed(seed * 100_003 + epoch)
-    return torch.randperm(n, generator=gen).tolist()
+    return to_host(torch.randperm(n, generator=gen)).tolist()  # a CPU draw, device-free
 
 
 def _optimizer_step(model, optimizer, rows, data: pl.DataFrame, cfg: TrainConfig, pad_id) -> float:
     """One optimizer step over ``rows``; loss = mean over all completion tokens of the
     step (micro-batched by token budget, so memory does not grow with batch size)."""
-    lengths = [data["n_tokens"][i] for i in rows]
+    lengths, device = [data["n_tokens"][i] for i in rows], model_device(model)
     n_tok = sum(data["n_completion_tokens"][i] for i in rows)
-    total = 0.0
+    total = torch.zeros((), dtype=torch.float32, device=device)  # one host read per step
     for micro in token_budget_batches(lengths, cfg.token_budget):
         idx = [rows[i] for i in micro]
         batch = collate(
             [data["input_ids"][i] for i in idx], [data["labels"][i] for i in idx], pad_id
         )
-        losses, _ = completion_token_losses(model, batch)
+        losses, _ = completion_token_losses(model, {k: v.to(device) for k, v in batch.items()})
         loss = losses.sum() / n_tok
         loss.backward()
-        total += loss.item()
+        total += loss.detach().float()
     optimizer.step()
     optimizer.zero_grad(set_to_none=True)
-    return total
+    return host_float(total)
 
 
 def _save_checkpoint(model, optimizer, path: Path, info: dict) -> Checkpoint:
     """Write adapter + moments + state (state last, via a temp dir renamed into place)."""
     tmp = path.with_name(path.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
-    # save_embedding_layers=False: PEFT would otherwise look the base model up on the hub
-    model.save_pretrained(tmp / "adapter", save_embedding_layers=False)
     moments = {}
     for name, p in model.named_parameters():
         if p.requires_grad:
             st = optimizer.state[p]
             moments[f"{canonical_name(name)}.exp_avg"] = st["exp_avg"].contiguous()
             moments[f"{canonical_name(name)}.exp_avg_sq"] = st["exp_avg_sq"].contiguous()
-    save_file(moments, tmp / "optimizer.safetensors")
-    torch.save(optimizer.state_dict(), tmp / "optimizer_full.pt")
-    (tmp / STATE_FILE).write_text(json.dumps(info, indent=1))
+    need = sum(t.nbytes for t in moments.values())
+    with naming_errors(tmp / "adapter", need // 2):
+        # save_embedding_layers=False: PEFT would otherwise look the base model up on the hub
+        model.save_pretrained(tmp / "adapter", save_embedding_layers=False)
+    with naming_errors(tmp / "optimizer.safetensors", need):
+        save_file(moments, tmp / "optimizer.safetensors")
+    with naming_errors(tmp / "optimizer_full.pt", need):
+        torch.save(optimizer.state_dict(), tmp / "optimizer_full.pt")
+    seal_checkpoint(tmp, info)
     shutil.rmtree(path, ignore_errors=True)
     tmp.rename(path)
     return Checkpoint.load(path)
+
+
+def seal_checkpoint(path: Path, info: dict) -> None:
+    """Rewrite ``adapter_config.json`` canonically (PEFT lists ``target_modules`` in set
+    order, which varies with the hash seed), then write ``state.json`` recording every
+    file's size and CRC32."""
+    config = path / "adapter" / "adapter_config.json"
+    if config.exists():
+        data = json.loads(config.read_text())
+        if isinstance(data.get("target_modules"), list):
+            data["target_modules"] = sorted(data["target_modules"])
+        write_json(config, data)
+    files = file_records(path, skip=STATE_FILE)
+    write_json(path / STATE_FILE, {**info, "files": files})
 
 
 def _resume(model, optimizer, out_dir: Path, epochs: int) -> list[Checkpoint]:
@@ -165,8 +226,7 @@ def _resume(model, optimizer, out_dir: Path, epochs: int) -> list[Checkpoint]:
         done.append(Checkpoint.load(path))
     if done:
         load_adapter(model, done[-1])
-        state = torch.load(done[-1].path / "optimizer_full.pt", weights_only=True)
-        optimizer.load_state_dict(state)
+        optimizer.load_state_dict(load_optimizer_state(done[-1]))
     return done
 
 
@@ -187,8 +247,7 @@ def train_lora(
     complete one if the run was interrupted (the data order and dropout seeds are functions
     of (seed, epoch), so a resumed run equals an uninterrupted one). ``settings`` (e.g.
     model and data fingerprints) are recorded with the config; resuming with any of them
-    changed is refused. ``on_epoch`` is called
-    with every new checkpoint (evaluation hooks use it).
+    changed is refused. ``on_epoch`` is called with every new checkpoint (evaluation hooks).
     """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -202,13 +261,8 @@ def train_lora(
     total = steps_per_epoch * cfg.epochs
     checkpoints = _resume(model, optimizer, out_dir, cfg.epochs)
     model.train()
-    bar = tqdm(
-        total=total,
-        initial=len(checkpoints) * steps_per_epoch,
-        desc="train",
-        disable=not progress,
-        unit="step",
-    )
+    done_steps = len(checkpoints) * steps_per_epoch
+    bar = tqdm(total=total, initial=done_steps, desc="train", disable=not progress, unit="step")
     for epoch in range(len(checkpoints) + 1, cfg.epochs + 1):
         lrs, losses = _train_epoch(model, optimizer, data, cfg, pad_id, epoch, bar)
         info = _epoch_state(cfg, epoch, epoch * steps_per_epoch, n, lrs, losses)
@@ -260,88 +314,3 @@ def _epoch_state(
         "n_examples": n,
         "config": to_dict(cfg),
     }
-
-
-def import_hf_checkpoint(
-    src: str | Path, model: torch.nn.Module, dest: str | Path, *, lr: float | None = None
-) -> Checkpoint:
-    """Convert a Hugging Face ``Trainer`` checkpoint (``adapter_model.safetensors``,
-    ``optimizer.pt``, ``trainer_state.json``) of a PEFT ``model`` into our format.
-
-    The Trainer keys optimizer state by integer position (its parameter groups list the
-    trainable parameters in ``named_parameters`` order) or, under FSDP, by name; both are
-    mapped to canonical LoRA names and every shape is checked. The epoch's mean learning
-    rate is read from the logged history unless ``lr`` is given.
-    """
-    src, dest = Path(src), Path(dest)
-    opt_file = src / "optimizer.pt"
-    if not opt_file.exists():
-        raise FileNotFoundError(f"{opt_file}: not found; LESS needs the optimizer state")
-    opt = torch.load(opt_file, map_location="cpu", weights_only=True)
-    trainer = json.loads((src / "trainer_state.json").read_text())
-    moments, step = _hf_moments(opt, model, opt_file)
-    group = opt["param_groups"][0]
-    epoch = max(1, round(float(trainer.get("epoch", 1))))
-    if lr is None:
-        lr = _hf_epoch_lr(trainer, epoch, src)
-    dest.mkdir(parents=True, exist_ok=True)
-    shutil.copytree(
-        src,
-        dest / "adapter",
-        dirs_exist_ok=True,
-        ignore=shutil.ignore_patterns("optimizer.pt", "*.pth", "rng_state*"),
-    )
-    save_file(moments, dest / "optimizer.safetensors")
-    info = {
-        "epoch": epoch,
-        "step": step or int(trainer.get("global_step", 0)),
-        "lr": lr,
-        "betas": list(group["betas"]),
-        "eps": group["eps"],
-        "imported_from": str(src),
-    }
-    (dest / STATE_FILE).write_text(json.dumps(info, indent=1))
-    return Checkpoint.load(dest)
-
-
-def _hf_moments(
-    opt: dict, model: torch.nn.Module, opt_file: Path
-) -> tuple[dict[str, torch.Tensor], int]:
-    """The Trainer's Adam moments keyed ``<canonical name>.exp_avg`` / ``.exp_avg_sq``
-    (fp32, shapes checked against the model) and the step count of the last entry."""
-    params = [(canonical_name(n), p) for n, p in model.named_parameters() if p.requires_grad]
-    order = [i for g in opt["param_groups"] for i in g["params"]]
-    moments, step = {}, 0
-    for pos, key in enumerate(order):
-        if isinstance(key, str):
-            name = canonical_name(key)
-            shape = dict(params)[name].shape if name in dict(params) else None
-        else:
-            if pos >= len(params):
-                raise ValueError(
-                    f"{opt_file}: {len(order)} optimizer entries, model has "
-                    f"{len(params)} trainable tensors"
-                )
-            name, shape = params[pos][0], params[pos][1].shape
-        st = opt["state"][key]
-        if shape is None or st["exp_avg"].shape != shape:
-            raise ValueError(f"{opt_file}: entry {key} does not match {name} {shape}")
-        moments[f"{name}.exp_avg"] = st["exp_avg"].float().contiguous()
-        moments[f"{name}.exp_avg_sq"] = st["exp_avg_sq"].float().contiguous()
-        step = int(st["step"])
-    return moments, step
-
-
-def _hf_epoch_lr(trainer: dict, epoch: int, src: Path) -> float:
-    """The mean of the learning rates the Trainer logged during ``epoch``."""
-    logged = [
-        h["learning_rate"]
-        for h in trainer.get("log_history", [])
-        if "learning_rate" in h and epoch - 1 < h.get("epoch", 0) <= epoch
-    ]
-    if not logged:
-        raise ValueError(
-            f"{src / 'trainer_state.json'}: no learning rates logged for "
-            f"epoch {epoch}; pass lr= explicitly"
-        )
-    return sum(logged) / len(logged)

@@ -75,13 +75,16 @@ def clean_copy(model: torch.nn.Module) -> torch.nn.Module:
     return copy.deepcopy(model)
 
 
-def resolve_model(base_model: Any, tokenizer: Any = None) -> tuple[torch.nn.Module, Any]:
-    """``(fresh model, tokenizer)`` from a name, an in-memory model or a factory returning
-    a model or ``(model, tokenizer)``."""
+def resolve_model(
+    base_model: Any, tokenizer: Any = None, *, device: Any = "auto", dtype: Any = "float32"
+) -> tuple[torch.nn.Module, Any]:
+    """``(fresh model, tokenizer)`` from a name (loaded onto ``device`` in ``dtype``), an
+    in-memory model (copied, on its own device) or a factory returning a model or
+    ``(model, tokenizer)``."""
     if isinstance(base_model, (str, Path)):
         from less_lab.model.loading import load_model
 
-        model, loaded_tok = load_model(str(base_model))
+        model, loaded_tok = load_model(str(base_model), device=device, dtype=dtype)
         return model, tokenizer or loaded_tok
     if isinstance(base_model, torch.nn.Module):
         model = clean_copy(base_model)

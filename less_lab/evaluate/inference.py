@@ -25,6 +25,7 @@ from less_lab.data.batching import IGNORE, collate, token_budget_batches
 from less_lab.data.formatting import tokenize
 from less_lab.data.pool import MESSAGES_DTYPE
 from less_lab.evaluate.metrics import summarize
+from less_lab.model.device import model_device, to_host
 from less_lab.model.lora import decoder_and_head, example_losses
 
 
@@ -79,24 +80,34 @@ def _score(
     desc: str,
 ) -> tuple[np.ndarray, list]:
     """For each sequence: sum of log p(token) over positions >= start, and (if ``cands``)
-    the next-token log-probs of its candidate ids after the whole sequence."""
+    the next-token log-probs of its candidate ids after the whole sequence. Computed on
+    the model's device in fp32, read back once per batch."""
     body, head = decoder_and_head(model)
+    device = model_device(model)
     sums, cand_lp = np.zeros(len(seqs)), [None] * len(seqs)
     with inference(model):
         for idx in _batches([len(s) for s in seqs], token_budget, None, desc, progress):
             batch = collate([seqs[i] for i in idx], [seqs[i] for i in idx], 0)
             hidden = body(
-                input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]
+                input_ids=batch["input_ids"].to(device),
+                attention_mask=batch["attention_mask"].to(device),
             ).last_hidden_state
+            batch_sums = torch.zeros(len(idx), device=device)
+            cand_rows = []
             for row, i in enumerate(idx):
                 n, a = len(seqs[i]), starts[i]
                 if a < n:
                     logp = torch.log_softmax(head(hidden[row, a - 1 : n - 1]).float(), -1)
-                    target = torch.as_tensor(seqs[i][a:n]).unsqueeze(1)
-                    sums[i] = logp.gather(1, target).sum().item()
+                    target = torch.as_tensor(seqs[i][a:n], device=device).unsqueeze(1)
+                    batch_sums[row] = logp.gather(1, target).sum()
                 if cands is not None:
                     last = torch.log_softmax(head(hidden[row, n - 1]).float(), -1)
-                    cand_lp[i] = last[torch.as_tensor(cands[i])].tolist()
+                    cand_rows.append(last[torch.as_tensor(cands[i], device=device)])
+            sums[idx] = to_host(batch_sums).numpy()
+            if cand_rows:
+                flat = iter(to_host(torch.cat(cand_rows)).tolist())
+                for i in idx:
+                    cand_lp[i] = [next(flat) for _ in cands[i]]
     return sums, cand_lp
 
 
@@ -178,6 +189,7 @@ def generate(
     )
     lengths = [len(p) + max_new_tokens for p in prompts]
     out = [""] * len(prompts)
+    device = model_device(model)
     with inference(model):
         for idx in _batches(lengths, token_budget, max_batch, "generate", progress):
             width = max(len(prompts[i]) for i in idx)
@@ -188,10 +200,14 @@ def generate(
                 mask[row, width - len(prompts[i]) :] = 1
             until = StoppingCriteriaList([_StopText(tokenizer, stop, width)] if stop else [])
             gen = model.generate(
-                input_ids=ids, attention_mask=mask, generation_config=cfg, stopping_criteria=until
+                input_ids=ids.to(device),
+                attention_mask=mask.to(device),
+                generation_config=cfg,
+                stopping_criteria=until,
             )
+            new_rows = to_host(gen[:, width:]).tolist()
             for row, i in enumerate(idx):
-                new = gen[row, width:].tolist()
+                new = new_rows[row]
                 if tokenizer.eos_token_id in new:
                     new = new[: new.index(tokenizer.eos_token_id)]
                 out[i] = _cut(tokenizer.decode(new, skip_special_tokens=True), stop)
@@ -232,10 +248,12 @@ def example_loss_frame(
     """Per-example completion loss (mean token cross-entropy) of a tokenized frame."""
     losses = np.zeros(tokenized.height)
     ids, labels = tokenized["input_ids"].to_list(), tokenized["labels"].to_list()
+    device = model_device(model)
     with inference(model):
         for idx in _batches(tokenized["n_tokens"].to_list(), token_budget, None, "loss", progress):
             batch = collate([ids[i] for i in idx], [labels[i] for i in idx], pad_id)
-            losses[idx] = example_losses(model, batch).double().numpy()
+            batch = {k: v.to(device) for k, v in batch.items()}
+            losses[idx] = to_host(example_losses(model, batch)).numpy()
     group = next((c for c in ("subtask", "source") if c in tokenized.columns), None)
     sub = tokenized[group] if group else pl.Series(["all"] * tokenized.height)
     return pl.DataFrame({"example_id": tokenized["example_id"], "subtask": sub, "loss": losses})

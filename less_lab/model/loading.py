@@ -30,6 +30,8 @@ from transformers import (
     PreTrainedTokenizerBase,
 )
 
+from less_lab.model.device import resolve_device, resolve_dtype, to_host
+
 DEFAULT_MODEL = "smollm2-135m"
 """Name of the embedded default model (the only name not treated as a path or hub id)."""
 
@@ -96,12 +98,14 @@ def smollm2_gguf_path() -> Path:
 def load_model(
     name_or_path: str = DEFAULT_MODEL,
     *,
-    dtype: torch.dtype = torch.float32,
+    dtype: str | torch.dtype = torch.float32,
+    device: str | torch.device = "cpu",
     trust_remote_code: bool = False,
     cache_dir: str | Path | None = None,
 ) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
     """Load a causal LM and its tokenizer, ready for LESS: eval mode, a pad token, right
-    padding.
+    padding, its weights in ``dtype`` on ``device`` (``device.resolve_device``: ``auto``,
+    ``cpu``, ``cuda[:i]``), read straight there (no fp32 copy in host memory first).
 
     ``name_or_path``: ``"smollm2-135m"`` (the embedded default, never touches the hub), a
     local Hugging Face model directory, or a hub id. ``cache_dir``: for the default, the
@@ -110,15 +114,19 @@ def load_model(
     is passed to ``from_pretrained``. ``trust_remote_code`` stays off unless asked, since
     it runs code shipped with the checkpoint.
     """
+    dtype, device = resolve_dtype(dtype), resolve_device(device)
     if name_or_path == DEFAULT_MODEL:
         root = Path(cache_dir).expanduser() if cache_dir is not None else cache_root()
-        model, tokenizer = _load_smollm2(root / "models" / SMOLLM2_CACHE_NAME, dtype)
+        target = root / "models" / SMOLLM2_CACHE_NAME
+        model, tokenizer = _load_smollm2(target, dtype, device)
         model.name_or_path = DEFAULT_MODEL  # stable fingerprint whatever the cache location
     else:
         path = Path(name_or_path).expanduser()
         source = str(path) if path.is_dir() else name_or_path
         kwargs = {"trust_remote_code": trust_remote_code, "cache_dir": cache_dir}
-        model = AutoModelForCausalLM.from_pretrained(source, dtype=dtype, **kwargs)
+        model = AutoModelForCausalLM.from_pretrained(
+            source, dtype=dtype, device_map=_device_map(device), **kwargs
+        )
         tokenizer = AutoTokenizer.from_pretrained(source, **kwargs)
     _prepare_tokenizer(tokenizer, model)
     model.eval()
@@ -168,10 +176,17 @@ def _cache_is_valid(target: Path, meta: dict[str, object]) -> bool:
         return False
 
 
+def _device_map(device: torch.device) -> dict[str, str | int]:
+    """``from_pretrained``'s ``device_map`` putting every weight on ``device`` as it is
+    read (accelerate), so a bf16 GPU model never exists as an fp32 copy in host memory."""
+    return {"": "cpu" if device.type == "cpu" else str(device)}
+
+
 def _load_smollm2(
-    target: Path, dtype: torch.dtype
+    target: Path, dtype: torch.dtype, device: torch.device
 ) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
-    """Load the embedded SmolLM2 from the cache, converting the GGUF first if needed."""
+    """Load the embedded SmolLM2 from the cache, converting the GGUF first if needed (the
+    one-time conversion de-quantizes in fp32 on the CPU, then moves the model)."""
     gguf = smollm2_gguf_path()
     meta = _source_meta(gguf)
     if not _cache_is_valid(target, meta):
@@ -180,8 +195,10 @@ def _load_smollm2(
             _save_atomically(model, tokenizer, target, meta)
         except OSError as err:  # e.g. read-only home: still usable, just slow next time
             warnings.warn(f"could not cache the converted model in {target}: {err}", stacklevel=3)
-        return model.to(dtype), tokenizer
-    model = AutoModelForCausalLM.from_pretrained(target, dtype=dtype)
+        return model.to(device=device, dtype=dtype), tokenizer
+    model = AutoModelForCausalLM.from_pretrained(
+        target, dtype=dtype, device_map=_device_map(device)
+    )
     tokenizer = AutoTokenizer.from_pretrained(target)
     return model, tokenizer
 
@@ -266,12 +283,10 @@ def _tensor_digest(tensor: torch.Tensor) -> bytes:
     sensitivity (two swapped weights).
     """
     t = tensor.detach().contiguous().reshape(-1)
-    if t.device.type != "cpu":
-        t = t.cpu()
-    ints = t.view(_INT_VIEWS[t.element_size()])
-    total = int(ints.sum(dtype=torch.int64))
+    ints = t.view(_INT_VIEWS[t.element_size()])  # summed where the weights are
+    total = int(to_host(ints.sum(dtype=torch.int64)).item())
     step = max(1, ints.numel() // 64)
-    sample = ints[::step][:64].tolist()
+    sample = to_host(ints[::step][:64]).tolist()
     return json.dumps([str(t.dtype), list(tensor.shape), total, sample]).encode()
 
 

@@ -51,6 +51,9 @@ class LoraModule:
     name: str
     lora_a: torch.nn.Linear
     lora_b: torch.nn.Linear
+    layer: torch.nn.Module | None = None
+    """The PEFT layer holding both (its input is ``x`` before PEFT casts it to the
+    adapter's dtype)."""
 
     @property
     def a_name(self) -> str:
@@ -68,7 +71,7 @@ def lora_modules(model: torch.nn.Module) -> list[LoraModule]:
         lora_a = getattr(module, "lora_A", None)
         if isinstance(lora_a, torch.nn.ModuleDict) and ADAPTER in lora_a:
             short = re.sub(r"^(base_model\.model\.)+", "", name)
-            found.append(LoraModule(short, lora_a[ADAPTER], module.lora_B[ADAPTER]))
+            found.append(LoraModule(short, lora_a[ADAPTER], module.lora_B[ADAPTER], module))
     if not found:
         raise ValueError("model has no LoRA layers; wrap it with less_lab.lora.add_lora first")
     return found

@@ -78,6 +78,7 @@ def test_dataclasses_validate_when_built_directly():
 def test_select_size_refuses_k_over_the_pool():
     assert SelectConfig(k=5).size(10) == 5
     assert SelectConfig(fraction=0.05).size(10) == 1
+    assert SelectConfig(fraction=0.05).size(30) == 2  # rounded up, as select_top does
     with pytest.raises(ConfigError, match=r"select.k=11: expected at most the pool size \(10\)"):
         SelectConfig(k=11).size(10)
 
@@ -107,3 +108,16 @@ def test_record_settings_refuses_with_both_values_and_ignores_provenance(tmp_pat
         record_settings(path, {"a": 1, "nested": {"b": 3}})
     assert "nested.b: on disk 2, now 3" in str(err.value) and str(path) in str(err.value)
     assert not check_settings(tmp_path / "absent.json", {"a": 1})
+
+
+def test_sketch_cache_mb_is_validated_and_never_recorded():
+    assert GradientConfig().sketch_cache_mb is None
+    assert GradientConfig(sketch_cache_mb=0).sketch_cache_mb == 0
+    with pytest.raises(ConfigError, match=r"sketch_cache_mb=-1: expected None \(auto"):
+        GradientConfig(sketch_cache_mb=-1)
+    with pytest.raises(ConfigError, match="sketch_cache_mb"):
+        GradientConfig(sketch_cache_mb=1.5)
+    # speed and memory only: no store name or recorded setting changes with it
+    assert "sketch_cache_mb" not in to_dict(GradientConfig())
+    assert fingerprint(GradientConfig(sketch_cache_mb=64)) == fingerprint(GradientConfig())
+    assert build_configs(["gradients.sketch_cache_mb=2048"])["gradients"].sketch_cache_mb == 2048

@@ -140,3 +140,60 @@ def test_token_budget_batches_cover_every_row_once():
     for b in batches:
         assert len(b) <= 3
         assert len(b) == 1 or max(lengths[i] for i in b) * len(b) <= 64
+
+
+@pytest.mark.parametrize(
+    ("feature", "projection"),
+    [("adam", "sparse_sign"), ("adam", "rademacher"), ("sgd", "none"), ("sign", "sparse_sign")],
+)
+def test_block_wise_features_equal_whole_vector(tiny_model, tiny_tokenizer, feature, projection):
+    """The streamed build (each block projected as backward produces it) equals the plain
+    definition: whole (b, P) gradient -> features -> one projection of the whole vector."""
+    from less_lab.core.gradients import iter_features, squared_norms
+    from less_lab.core.projection import make_projector
+
+    model = _lora_model(tiny_model)
+    pad = tiny_tokenizer.pad_token_id
+    ids, labels = _examples(len(tiny_tokenizer), seed=2)
+    modules = lora_modules(model)
+    names = block_names(modules)
+    sizes = [a * b for a, b in block_shapes(modules)]
+    gen = torch.Generator().manual_seed(3)
+    m = {n: torch.randn(s, generator=gen) * 1e-3 for n, s in zip(names, sizes, strict=True)}
+    v = {n: torch.rand(s, generator=gen) * 1e-6 for n, s in zip(names, sizes, strict=True)}
+    adam = AdamState(m, v, step=3, betas=(0.9, 0.999), eps=1e-8)
+    cfg = GradientConfig()
+    dim = sum(sizes) if projection == "none" else 256
+    proj = make_projector(projection, sizes, dim, seed=1)
+    batch = collate(ids, labels, pad)
+    (got,) = iter_features(
+        model, modules, names, iter([([0, 1, 2, 3, 4], batch)]), proj, feature, cfg, adam
+    )
+    blocks, losses = per_example_gradients(model, modules, batch)
+    feats = to_features(blocks, names, feature, cfg, adam)
+    want = proj.project(feats)
+    assert got.features.dtype == torch.float32
+    err = (got.features - want).abs().amax(1) / want.norm(dim=1)
+    assert (err <= 1e-6).all(), err
+    torch.testing.assert_close(got.grad_norm, squared_norms(blocks).sqrt(), rtol=1e-6, atol=0)
+    torch.testing.assert_close(got.feature_norm, squared_norms(feats).sqrt(), rtol=1e-6, atol=0)
+    torch.testing.assert_close(got.loss, losses, rtol=0, atol=0)
+
+
+def test_stream_gradients_hands_over_each_block_once(tiny_model, tiny_tokenizer):
+    from less_lab.core.gradients import stream_gradients
+
+    model = _lora_model(tiny_model)
+    ids, labels = _examples(len(tiny_tokenizer))
+    modules = lora_modules(model)
+    seen = []
+    stream_gradients(
+        model,
+        modules,
+        collate(ids, labels, tiny_tokenizer.pad_token_id),
+        lambda i, g: seen.append((i, g.shape, g.dtype)),
+    )
+    shapes = block_shapes(modules)
+    assert sorted(i for i, _, _ in seen) == list(range(len(shapes)))
+    for i, shape, dtype in seen:
+        assert shape == (len(ids), shapes[i][0] * shapes[i][1]) and dtype == torch.float32

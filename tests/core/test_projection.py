@@ -281,3 +281,50 @@ def test_sparse_threads_setting_is_restored():
     proj = SparseSignProjector(SIZES, DIM, threads=1)
     proj.project(split(torch.randn(2, sum(SIZES))))
     assert torch.get_num_threads() == before
+
+
+@pytest.mark.parametrize("kind", [*RANDOM_KINDS, "none"])
+def test_blocks_one_at_a_time_in_any_order_equal_project(kind):
+    dim = sum(SIZES) if kind == "none" else DIM
+    proj = make_projector(kind, SIZES, dim, seed=2)
+    x = torch.randn(3, sum(SIZES))
+    want = proj.project(split(x))
+    partial = proj.begin(3)
+    for i, block in reversed(list(enumerate(split(x)))):
+        proj.add(partial, i, block)
+    assert_rows_close(proj.finish(partial), want, rel=1e-6)
+    partial = proj.begin(3)
+    proj.add(partial, 0, split(x)[0])
+    with pytest.raises(ValueError, match="already added"):
+        proj.add(partial, 0, split(x)[0])
+    with pytest.raises(ValueError, match="never added"):
+        proj.finish(partial)
+
+
+def test_sparse_cache_defaults_to_every_block_and_zero_rehashes():
+    from less_lab.core.projection_sparse import sketch_table_bytes
+
+    auto = SparseSignProjector(SIZES, DIM, seed=4)
+    assert auto.cache_bytes == sketch_table_bytes(SIZES, DIM, 4)
+    x = torch.randn(2, sum(SIZES))
+    feats = auto.project(split(x))
+    assert auto.cached_bytes == auto.cache_bytes and len(auto._cache) == len(SIZES)
+    none = make_projector("sparse_sign", SIZES, DIM, seed=4, cache_mb=0)
+    assert torch.equal(none.project(split(x)), feats) and none.cached_bytes == 0
+
+
+def test_rademacher_on_cuda_without_fast_jl_warns_and_names_the_slow_path(monkeypatch):
+    from less_lab.core import projection_dense
+
+    monkeypatch.setattr(projection_dense, "_fast_jl_importable", lambda: False)
+    with pytest.warns(RuntimeWarning, match="fast_jl .*not importable.*slower path"):
+        proj = RademacherProjector(SIZES, 1024, device="cuda")
+    assert not proj.use_fast_jl and proj.describe()["generator"] == "torch-cuda-philox"
+    with pytest.warns(RuntimeWarning, match="not a multiple of 512"):
+        RademacherProjector(SIZES, 1000, device="cuda")
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        RademacherProjector(SIZES, 1024, device="cuda", use_fast_jl=False)  # asked for
+        RademacherProjector(SIZES, 1024)  # CPU: fast_jl never applies

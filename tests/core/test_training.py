@@ -164,7 +164,7 @@ def _fake_hf_checkpoint(model, tmp_path, by_name: bool):
 
 @pytest.mark.parametrize("by_name", [False, True])
 def test_import_hf_trainer_checkpoint(tiny_tokenizer, tmp_path, by_name):
-    from less_lab.core.training import import_hf_checkpoint
+    from less_lab.core.hf_import import import_hf_checkpoint
     from less_lab.model.lora import canonical_name
 
     model = add_lora(tiny_llama(tiny_tokenizer, seed=0), CFG.lora)
