@@ -21,12 +21,13 @@ from less_lab.errors import StorageError
 
 
 @contextlib.contextmanager
-def atomic_path(path: str | Path) -> Iterator[Path]:
+def atomic_path(path: str | Path, need: int | None = None) -> Iterator[Path]:
     """Yield a temporary path beside ``path``; on success rename it onto ``path``.
 
     Whatever the body writes there replaces ``path`` in one ``os.replace``; an exception
     (or a kill) leaves ``path`` untouched and the temporary file removed (or, after a
-    kill, a ``.<name>.*.tmp`` file that the next write of ``path`` removes)."""
+    kill, a ``.<name>.*.tmp`` file that the next write of ``path`` removes). ``need``:
+    the bytes the write takes, named when the disk is full."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     for stale in path.parent.glob(f".{glob.escape(path.name)}.*.tmp"):
@@ -40,21 +41,23 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
         os.replace(tmp, path)
     except OSError as err:
         tmp.unlink(missing_ok=True)
-        raise storage_error(err, path) from err
+        raise storage_error(err, path, need) from err
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
 
 
-def storage_error(err: OSError, path: str | Path) -> OSError:
-    """``err`` as a :class:`StorageError` naming ``path`` (disk full, read-only, no
-    permission); other OS errors come back unchanged."""
+def storage_error(err: OSError, path: str | Path, need: int | None = None) -> OSError:
+    """``err`` as a :class:`StorageError` naming ``path`` (disk full, with the bytes
+    ``need``ed when known; read-only; no permission); other OS errors come back unchanged."""
     if isinstance(err, StorageError):
         return err
     if err.errno == errno.ENOSPC:
         free = _free_bytes(Path(path).parent)
+        needed = "" if need is None else f"; {need} bytes needed"
         return StorageError(
-            errno.ENOSPC, f"{path}: no space left on the device ({free / 2**20:.0f} MiB free)"
+            errno.ENOSPC,
+            f"{path}: no space left on the device ({free / 2**20:.0f} MiB free{needed})",
         )
     if err.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
         return StorageError(err.errno, f"{path}: cannot write ({err.strerror})")
@@ -70,8 +73,9 @@ def _free_bytes(folder: Path) -> int:
 
 def write_text(path: str | Path, text: str) -> Path:
     """Write ``text`` (UTF-8) to ``path`` atomically."""
-    with atomic_path(path) as tmp:
-        tmp.write_text(text, encoding="utf-8")
+    data = text.encode("utf-8")
+    with atomic_path(path, need=len(data)) as tmp:
+        tmp.write_bytes(data)
     return Path(path)
 
 

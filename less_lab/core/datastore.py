@@ -39,6 +39,7 @@ import numpy as np
 import polars as pl
 from tqdm.auto import tqdm
 
+from less_lab._io import write_json
 from less_lab.core.distributed import DistContext, context
 from less_lab.core.store_files import (
     META,
@@ -58,7 +59,6 @@ from less_lab.core.store_files import (
     read_json,
     scan,
     store_paths,
-    write_json,
 )
 from less_lab.core.store_shards import merge_shards, new_shard
 from less_lab.errors import SettingsMismatchError, StoreCorruptError

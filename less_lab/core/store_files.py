@@ -76,17 +76,6 @@ def read_json(path: Path) -> dict:
     return data
 
 
-def write_json(path: Path, data: dict) -> None:
-    """Atomically: a kill leaves either the old file or the new one, never half of one."""
-    tmp = path.with_name(path.name + ".tmp")
-    text = json.dumps(data, indent=1, sort_keys=True)
-    try:
-        tmp.write_text(text)
-        os.replace(tmp, path)
-    except OSError as err:
-        raise io_error(err, path, len(text)) from err
-
-
 def io_error(err: OSError, fpath: Path, need: int, note: str = "") -> OSError:
     """``err`` naming ``fpath``: disk full says how many bytes were needed."""
     named = storage_error(err, fpath)

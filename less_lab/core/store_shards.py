@@ -9,13 +9,13 @@ shard files are trusted, in what order they are deleted) is easier to check on i
 
 from __future__ import annotations
 
-import os
 import shutil
 import warnings
 from pathlib import Path
 
 import numpy as np
 
+from less_lab._io import atomic_path
 from less_lab.core.store_files import (
     ROW_FILES,
     SHARDS,
@@ -32,8 +32,8 @@ def new_shard(shard: Path, rows: np.ndarray, dim: int, dtype: str) -> RowWriter:
     whose files do not all have their sizes is ignored) and a writer into them."""
     shutil.rmtree(shard, ignore_errors=True)
     shard.mkdir(parents=True)
-    rows.astype(np.int64).tofile(shard / "rows.tmp")
-    os.replace(shard / "rows.tmp", shard / "rows.bin")
+    with atomic_path(shard / "rows.bin", need=8 * len(rows)) as tmp:
+        rows.astype(np.int64).tofile(tmp)
     allocate(shard, len(rows), dim, dtype)
     return RowWriter(shard)
 

@@ -7,7 +7,6 @@ import math
 import os
 import subprocess
 import sys
-import time
 from collections import Counter
 from pathlib import Path
 
@@ -366,10 +365,8 @@ def test_bm25_and_dsir_on_real_pool_slice(shared_data: Path) -> None:
 
     pool = read_pool(shared_data / "pool").sample(500, seed=0)
     targets = read_targets(shared_data / "eval", task="mmlu")
-    start = time.perf_counter()
     bm25 = B.bm25_scores(pool, targets)
     dsir = B.dsir_scores(pool, targets)
-    assert time.perf_counter() - start < 30
     n_sub = targets["subtask"].n_unique()
     assert bm25.height == dsir.height == 500 * n_sub == 500 * 57
     # Sanity of BM25's best example per subject, by idf-weighted shared distinct words:

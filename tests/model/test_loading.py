@@ -5,7 +5,6 @@ from __future__ import annotations
 import copy
 import importlib.metadata
 import json
-import time
 
 import pytest
 import torch
@@ -20,11 +19,10 @@ from less_lab.model.tiny import tiny_llama
 # ---------------------------------------------------------------- tiny builders
 
 
-def test_tiny_builders_are_fast() -> None:
-    start = time.perf_counter()
-    tok = tiny.tiny_tokenizer()
-    tiny_llama(tok)
-    assert time.perf_counter() - start < 2.0
+def test_tiny_builders_stay_tiny() -> None:
+    # what keeps them fast enough for every test: a few hundred thousand weights at most
+    model = tiny_llama(tiny.tiny_tokenizer())
+    assert sum(p.numel() for p in model.parameters()) < 500_000
 
 
 def test_tiny_tokenizer_is_deterministic(tiny_tokenizer) -> None:
@@ -249,9 +247,11 @@ def test_smollm2_cache_round_trip(tmp_path, monkeypatch, smollm2) -> None:
     assert meta["version"] == models.SMOLLM2_VERSION
     assert [p.name for p in (tmp_path / "models").iterdir()] == [target.name]  # no temp left
 
-    start = time.perf_counter()
-    second, tok2 = load_model()
-    assert time.perf_counter() - start < 5.0  # < 1 s when the machine is idle
+    def no_conversion(*_args, **_kwargs):
+        raise AssertionError("a valid cache was converted again from the GGUF")
+
+    monkeypatch.setattr(models, "_convert_gguf", no_conversion)
+    second, tok2 = load_model()  # the cached safetensors, not a second conversion
 
     texts = ["Hello, what is 2+2?", "hi"]
     batch = tok2(texts, return_tensors="pt", padding=True)
