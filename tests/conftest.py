@@ -95,3 +95,67 @@ def pytest_collection_modifyitems(config, items) -> None:
     for item in items:
         if "gpu" in item.keywords:
             item.add_marker(skip)
+
+
+# ------------------------------------------------------------------ stores from matrices
+
+STORE_SETTINGS = {
+    "split": "pool",
+    "feature": "adam",
+    "dim": 3,
+    "dtype": "float32",
+    "projection": {"kind": "none"},
+    "model": "m",
+    "checkpoint": {"epoch": 1},
+}
+"""Settings of a hand-made store (features given directly, no model)."""
+
+
+def _matrix_compute(matrix, batch: int = 2, calls: list | None = None):
+    """A store's ``compute(rows)`` whose features are ``matrix``'s rows, in batches of
+    ``batch`` (rows it computes are appended to ``calls``); loss 1, norms of the rows."""
+    import numpy as np
+    import torch
+
+    matrix = np.asarray(matrix, np.float32)
+
+    def compute(rows):
+        from types import SimpleNamespace
+
+        for start in range(0, len(rows), batch):
+            part = rows[start : start + batch]
+            if calls is not None:
+                calls.extend(part)
+            x = torch.as_tensor(matrix[part], dtype=torch.float32)
+            norm = x.norm(dim=1)
+            yield SimpleNamespace(
+                rows=part, features=x, loss=norm * 0 + 1, grad_norm=norm, feature_norm=norm
+            )
+
+    return compute
+
+
+@pytest.fixture
+def matrix_compute():
+    """``matrix_compute(matrix, batch=2, calls=None)``: see ``_matrix_compute``."""
+    return _matrix_compute
+
+
+@pytest.fixture
+def make_store():
+    """``make_store(path, matrix, ids=None, **settings)``: a complete store whose features
+    are ``matrix`` (ids ``e0, e1, ...`` unless given; settings over STORE_SETTINGS)."""
+    from less_lab.core.datastore import build_store
+
+    def make(path, matrix, ids=None, **settings):
+        ids = ids or [f"e{i}" for i in range(len(matrix))]
+        dim = len(matrix[0])
+        return build_store(
+            path,
+            {**STORE_SETTINGS, "dim": dim, **settings},
+            ids,
+            _matrix_compute(matrix),
+            progress=False,
+        )
+
+    return make
