@@ -3,18 +3,19 @@ truncation: the one place a conversation becomes ``input_ids`` and ``labels``.
 
 Why one place: warmup training, gradient features, baselines and evaluation prompts must
 all see the same tokens, or LESS would compare gradients of differently formatted text.
-Labels are built from separately tokenized text segments (prompt or completion), so the
-boundary between ``-100`` and a completion token is exact, whatever the tokenizer would
-have merged across it. Reading the pool is :mod:`less_lab.data`.
+The ids are open-instruct's: the whole formatted example encoded once, labels switched
+off up to the token length of each prompt prefix (:mod:`less_lab.data.encoding`), so a
+SentencePiece tokenizer gives the reference's ids, not one ``▁`` per chat segment.
+Reading the pool is :mod:`less_lab.data.pool`.
 
 Dataset text never becomes a special token: a message holding ``</s>`` or ``<|im_end|>``
 is encoded as those characters, while the format's own markers (the EOS after each
-answer, the chat template's tokens) stay special (:class:`_Specials`).
+answer, the chat template's tokens) stay special
+(:class:`~less_lab.data.encoding.SpecialStrings`).
 """
 
 from __future__ import annotations
 
-import re
 import warnings
 from typing import Any, Literal
 
@@ -24,6 +25,7 @@ import pyarrow as pa
 
 from less_lab.config import DataConfig
 from less_lab.data.batching import IGNORE as IGNORE_INDEX
+from less_lab.data.encoding import SpecialStrings, encode_formatted
 from less_lab.data.pool import Messages
 from less_lab.errors import DataError
 
@@ -154,155 +156,82 @@ def _last_prompt_span(comp: np.ndarray, head: int) -> tuple[int, int]:
     return max(start, head), max(stop, head)
 
 
-_ESC = "\ue000"
-"""Private-use character that starts an escape in dataset text: ``_ESC`` + a code
-character stands for one special-token string (or for ``_ESC`` itself)."""
-_FIRST_CODE = 0xF0000  # supplementary private-use area: room for 65k special tokens
-
-
-class _Specials:
-    """The tokenizer's special-token strings, and the escaping that keeps them plain text
-    inside dataset text.
-
-    Message contents are escaped before formatting, so in a formatted segment every
-    special-token string left as it is was written by the format (EOS, template markers).
-    :meth:`plan` splits a segment there: those become their ids, everything between
-    (escapes restored) is plain text, encoded with special-token parsing off."""
-
-    def __init__(self, tokenizer: Any) -> None:
-        added = getattr(tokenizer, "added_tokens_decoder", {}) or {}
-        found = {t.content for t in added.values() if getattr(t, "special", False)}
-        found |= set(getattr(tokenizer, "all_special_tokens", []) or [])
-        self.strings = sorted((s for s in found if s), key=lambda s: (-len(s), s))
-        self.ids = {s: tokenizer.convert_tokens_to_ids(s) for s in self.strings}
-        codes = {s: _ESC + chr(_FIRST_CODE + i) for i, s in enumerate(self.strings)}
-        self.codes = {**codes, _ESC: _ESC + _ESC}
-        self.decoded = {code: s for s, code in self.codes.items()}
-        specials = "|".join(re.escape(s) for s in self.strings)
-        self._escape_re = re.compile(f"{_ESC}|{specials}")
-        self._split_re = re.compile(f"({_ESC}.|{specials})", re.DOTALL)
-
-    def escape(self, messages: Messages) -> Messages:
-        """``messages`` with special-token strings in their contents escaped."""
-        if not self.strings:
-            return messages
-        sub, codes = self._escape_re.sub, self.codes
-        return [{**m, "content": sub(lambda x: codes[x.group()], m["content"])} for m in messages]
-
-    def plan(self, text: str) -> list[str | int]:
-        """An escaped segment as plain-text pieces (unescaped) and special-token ids."""
-        parts = self._split_re.split(text) if self.strings else [text]
-        if len(parts) == 1:
-            return [text]
-        out: list[str | int] = []
-        buf: list[str] = []
-        for i, part in enumerate(parts):
-            if i % 2 == 1 and part in self.ids:
-                if "".join(buf):
-                    out.append("".join(buf))
-                out.append(self.ids[part])
-                buf = []
-            else:
-                buf.append(self.decoded.get(part, part) if i % 2 else part)
-        if "".join(buf):
-            out.append("".join(buf))
-        return out
-
-
-def _encode_segments(tokenizer: Any, texts: list[str], specials: _Specials) -> list[list[int]]:
-    """Token ids of each escaped segment: plain-text pieces in one batched call, the
-    format's special tokens as their ids."""
-    plans = [specials.plan(text) for text in texts]
-    pieces = list(dict.fromkeys(p for plan in plans for p in plan if isinstance(p, str)))
-    encoded = dict(zip(pieces, _encode_texts(tokenizer, pieces), strict=True))
-    out = []
-    for plan in plans:
-        if len(plan) == 1 and isinstance(plan[0], str):
-            out.append(encoded[plan[0]])
-            continue
-        ids: list[int] = []
-        for p in plan:
-            ids.extend(encoded[p] if isinstance(p, str) else [p])
-        out.append(ids)
-    return out
-
-
-def _encode_texts(tokenizer: Any, texts: list[str]) -> list[list[int]]:
-    """Token ids of each text as plain text (no special tokens added, none parsed), in one
-    batched call. A fast tokenizer's Rust backend is called directly (no offsets, no
-    Python wrapper objects), which is 2-3x quicker than ``tokenizer(texts)`` and gives the
-    same ids; its ``encode_special_tokens`` switch is set for the call and restored."""
-    if not texts:
-        return []
-    backend = getattr(tokenizer, "backend_tokenizer", None)
-    before = getattr(backend, "encode_special_tokens", None)
-    plain = backend is not None and backend.truncation is None and backend.padding is None
-    try:
-        if plain and before is not None and hasattr(backend, "encode_batch_fast"):
-            backend.encode_special_tokens = True
-            encodings = backend.encode_batch_fast(texts, add_special_tokens=False)
-            return [e.ids for e in encodings]
-        kwargs = {"add_special_tokens": False, "split_special_tokens": True, "verbose": False}
-        return tokenizer(texts, **kwargs)["input_ids"]
-    finally:  # transformers also leaves split_special_tokens set on the backend
-        if before is not None:
-            backend.encode_special_tokens = before
-
-
 def tokenize(
     frame: pl.DataFrame, tokenizer: Any, cfg: DataConfig
 ) -> tuple[pl.DataFrame, pl.DataFrame]:
     """``(tokenized, dropped)``: ``input_ids`` and ``labels`` (``-100`` off the completion)
     truncated to ``cfg.max_length`` per ``cfg.truncation``, with per-example token counts.
 
-    Examples left with no completion token cannot teach or score anything: they go to
-    ``dropped`` (``example_id, reason, n_tokens``) with a warning, never silently.
-    All segment texts are tokenized in one batched call (the fast tokenizer's Rust loop);
-    repeated texts such as role headers are tokenized once. Special-token strings inside
-    message contents are plain text; only the format's own (EOS, template markers) are
-    special tokens."""
-    specials = _Specials(tokenizer)
+    As open-instruct builds them: each example's formatted text is encoded whole (all
+    examples in one batched call of the fast tokenizer's Rust loop), and a token is a
+    label unless it lies before the token length of a prompt part's end and at or after
+    that of its start (:mod:`less_lab.data.encoding`). Examples left with no completion
+    token cannot teach or score anything: they go to ``dropped`` (``example_id, reason,
+    n_tokens``) with a warning, never silently. Special-token strings inside message
+    contents are plain text; only the format's own (EOS, template markers) are special."""
+    specials = SpecialStrings(tokenizer)
     segments = [
         format_segments(specials.escape(m), tokenizer, cfg.chat_format)
         for m in frame["messages"].to_list()
     ]
-    unique = list(dict.fromkeys(text for segs in segments for text, _ in segs))
-    lookup = dict(zip(unique, _encode_segments(tokenizer, unique, specials), strict=True))
+    texts = ["".join(text for text, _ in segs) for segs in segments]
+    spans = [_label_spans(segs) for segs in segments]
+    cuts = [[pos for pos, _ in row[1:]] for row in spans]
+    encoded, lengths = encode_formatted(tokenizer, texts, cuts, specials)
     bos = tokenizer.bos_token_id
     prefix = [bos] if _adds_bos(tokenizer) else []
     out: dict[str, list[Any]] = {k: [] for k in ("input_ids", "labels", "counts", "row")}
     dropped: list[dict[str, Any]] = []
     ids_col = frame["example_id"].to_list()
-    for row, segs in enumerate(segments):
-        ids: list[int] = []
-        labels: list[int] = []
-        for text, is_completion in segs:
-            piece = lookup[text]
-            ids.extend(piece)
-            labels.extend(piece if is_completion else [IGNORE_INDEX] * len(piece))
+    for row, ids in enumerate(encoded):
+        comp = _completion_mask(len(ids), [flag for _, flag in spans[row]], lengths[row])
         if prefix and (not ids or ids[0] != bos):
-            ids, labels = prefix + ids, [IGNORE_INDEX] + labels
+            ids, comp = prefix + ids, np.r_[False, comp]
         head = 1 if ids and bos is not None and ids[0] == bos else 0
-        comp = np.asarray(labels, dtype=np.int64) != IGNORE_INDEX
+        comp[:head] = False
+        ids_arr = np.asarray(ids, dtype=np.int64)
         n_completion = int(comp.sum())
         keep = _truncate(comp, head, cfg.max_length, cfg.truncation)
-        if not keep.all():
-            kept = np.flatnonzero(keep)
-            ids = [ids[i] for i in kept]
-            labels = [labels[i] for i in kept]
-        cut_completion = n_completion - int((comp & keep).sum())
-        cut_prompt = int((~keep).sum()) - cut_completion
+        kept_comp = comp[keep]
+        cut_completion = n_completion - int(kept_comp.sum())
+        cut_prompt = len(ids) - len(kept_comp) - cut_completion
         if n_completion - cut_completion == 0:
             reason = "no completion tokens"
             if n_completion:
                 reason += f" left after '{cfg.truncation}' truncation to {cfg.max_length}"
-            dropped.append({"example_id": ids_col[row], "reason": reason, "n_tokens": len(comp)})
+            dropped.append({"example_id": ids_col[row], "reason": reason, "n_tokens": len(ids)})
             continue
-        out["input_ids"].extend(ids)
-        out["labels"].extend(labels)
-        out["counts"].append((len(ids), n_completion - cut_completion, cut_prompt, cut_completion))
+        ids_arr = ids_arr[keep]
+        out["input_ids"].append(ids_arr)
+        out["labels"].append(np.where(kept_comp, ids_arr, IGNORE_INDEX))
+        out["counts"].append(
+            (len(ids_arr), n_completion - cut_completion, cut_prompt, cut_completion)
+        )
         out["row"].append(row)
     return _tokenized_frame(frame, out), _dropped_frame(dropped)
+
+
+def _label_spans(segments: list[tuple[str, bool]]) -> list[tuple[int, bool]]:
+    """``(start character, is_completion)`` of each maximal run of prompt or completion
+    segments in the formatted text."""
+    out: list[tuple[int, bool]] = []
+    pos = 0
+    for text, flag in segments:
+        if not out or out[-1][1] != flag:
+            out.append((pos, flag))
+        pos += len(text)
+    return out
+
+
+def _completion_mask(n_tokens: int, flags: list[bool], starts: list[int]) -> np.ndarray:
+    """Completion flag per token: open-instruct's masking, each prompt run's tokens
+    ``[len(prefix to its start), len(prefix to its end))`` off, everything else on."""
+    comp = np.ones(n_tokens, dtype=bool)
+    bounds = [0, *starts, n_tokens]
+    for k, flag in enumerate(flags):
+        if not flag:
+            comp[bounds[k] : bounds[k + 1]] = False
+    return comp
 
 
 def check_kept(
@@ -349,13 +278,13 @@ def _tokenized_frame(frame: pl.DataFrame, out: dict[str, list[Any]]) -> pl.DataF
     )
 
 
-def _list_series(flat: list[int], lengths: np.ndarray) -> pl.Series:
-    """A ``list[i32]`` series from concatenated values and row lengths, built through
-    Arrow offsets (far quicker than converting millions of Python lists one by one)."""
+def _list_series(rows: list[np.ndarray], lengths: np.ndarray) -> pl.Series:
+    """A ``list[i32]`` series from per-row arrays, built through Arrow offsets (far quicker
+    than converting many Python lists one by one)."""
     offsets = np.zeros(len(lengths) + 1, dtype=np.int64)
     np.cumsum(lengths, out=offsets[1:])
-    values = pa.array(np.asarray(flat, dtype=np.int32))
-    return pl.Series(pa.LargeListArray.from_arrays(pa.array(offsets), values))
+    flat = np.concatenate(rows).astype(np.int32) if rows else np.zeros(0, dtype=np.int32)
+    return pl.Series(pa.LargeListArray.from_arrays(pa.array(offsets), pa.array(flat)))
 
 
 def _dropped_frame(dropped: list[dict[str, Any]]) -> pl.DataFrame:
