@@ -2,8 +2,9 @@
 
 For every (method, seed): select ``fraction`` of the pool (LESS through a ``Lab``; the
 baselines through :mod:`less_lab.baselines`), fine-tune a fresh LoRA on it
-(:func:`less_lab.finetune.finetune`, best epoch by validation loss on the target's
-few-shot examples, appendix B), then run the test evaluations on the best epoch. Every
+(:func:`less_lab.finetune.finetune`, best epoch by ``val_metric`` on the target's
+few-shot examples, appendix B: by default ``val_score``, the task metric, else e.g.
+``val_loss``), then run the test evaluations on the best epoch. Every
 stage is cached under ``out_dir/<method>/seed-<s>/`` (``selection.parquet``, the
 training checkpoints with their per-epoch metrics, ``test.json``), so a killed
 comparison resumes where it stopped. Test metrics are cached by evaluation *name*: an
@@ -166,7 +167,7 @@ def _run(lab, target: str, method: str, seed: int, k: int, run_dir: Path, plan: 
         run_dir / "train",
         lab.data_cfg,
         metric=plan.val_metric,
-        eval_key=",".join(["val_loss", *plan.val_evals]),
+        eval_key=",".join(["val_loss", "val_score", *plan.val_evals]),
         progress=lab.progress,
     )
     best = result.history.filter(pl.col("epoch") == result.best_epoch).row(0, named=True)
@@ -222,7 +223,7 @@ def compare(
     train_cfg: TrainConfig | None = None,
     evals: Mapping[str, EvalFn] | None = None,
     val_evals: Mapping[str, EvalFn] | None = None,
-    val_metric: str = "val_loss",
+    val_metric: str = "val_score",
     include_full: bool = False,
     out_dir: str | Path | None = None,
     target_model: Any = None,
@@ -236,10 +237,12 @@ def compare(
     ``evals``: test evaluations ``{name: (model, tokenizer) -> frame}`` run on each best
     checkpoint (see ``evaluators.make_eval``); their ``average`` rows become columns
     ``<name>_<metric>``. ``train_cfg`` defaults to the lab's warmup training config.
-    ``target_model`` (a name, model or factory, with ``target_tokenizer``) fine-tunes
-    another model than the selection model (LESS-T). ``per_seed_warmup=False`` uses the
-    lab's single warmup for every seed (LESS then runs once). The long per-seed frame is
-    ``out_dir/runs.parquet`` (:func:`load_runs`).
+    ``val_metric`` picks each run's best epoch: ``val_score`` (the task metric on the
+    target's few-shot validation set, the default), ``val_loss``, or a
+    ``val_<name>_<metric>`` of ``val_evals``. ``target_model`` (a name, model or factory,
+    with ``target_tokenizer``) fine-tunes another model than the selection model (LESS-T).
+    ``per_seed_warmup=False`` uses the lab's single warmup for every seed (LESS then runs
+    once). The long per-seed frame is ``out_dir/runs.parquet`` (:func:`load_runs`).
     """
     if lab.pool is None or target not in lab.targets:
         raise KeyError(f"the lab needs a pool and target {target!r} (have {list(lab.targets)})")

@@ -140,14 +140,20 @@ class LoraSettings(_Validated):
     r: int = 128
     alpha: int = 512
     dropout: float = 0.1
-    target_modules: tuple[str, ...] = ("q_proj", "k_proj", "v_proj", "o_proj")
+    target_modules: tuple[str, ...] = ("auto",)
+    """Modules to adapt, as PEFT matches names; ``auto``: the architecture's attention
+    projections (``less_lab.model.architectures``), alone or with more names. Sorted."""
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        object.__setattr__(self, "target_modules", tuple(sorted(set(self.target_modules))))
 
     def _rules(self):
         return [
             ("r", _positive, "a rank >= 1"),
             ("alpha", _positive, "a positive scale"),
             ("dropout", lambda v: 0 <= v < 1, "a probability in [0, 1)"),
-            ("target_modules", bool, "at least one module name"),
+            ("target_modules", lambda v: v and all(map(str.strip, v)), "module names (>= 1)"),
         ]
 
 
@@ -162,10 +168,13 @@ class TrainConfig(_Validated):
     lr_scheduler: Literal["linear", "cosine"] = "linear"
     """Decay after warmup: ``linear`` (the reference scripts) or ``cosine`` (appendix A.2)."""
     warmup_ratio: float = 0.03
-    """Fraction of steps with linearly increasing learning rate."""
+    """Share of steps warming up (``ceil``; HF's schedulers step for step)."""
     batch_size: int = 128
     """Examples per optimizer step (effective batch size; micro-batches are formed by
     ``token_budget``)."""
+    loss_average: Literal["example", "token"] = "example"
+    """``example``: mean over the step's examples of each one's mean token loss (the
+    reference's HF Trainer); ``token``: mean over all the step's completion tokens."""
     token_budget: int = 4096
     """Most padded tokens in one micro-batch: bounds memory whatever the lengths are."""
     weight_decay: float = 0.0

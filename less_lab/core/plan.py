@@ -51,6 +51,7 @@ from typing import Any
 
 from less_lab.config import GradientConfig, LoraSettings
 from less_lab.core.projection_sparse import AUTO_CACHE_LIMIT, sketch_table_bytes
+from less_lab.model.architectures import ATTENTION_PROJECTIONS, expand_targets
 
 GB = 1e9
 _ROW_BOOKKEEPING = 13
@@ -142,8 +143,10 @@ class MemoryPlan:
 
 
 def lora_size(model: ModelShape, lora: LoraSettings) -> tuple[int, int, int]:
-    """(P, largest block, LoRA'd modules per layer) for LoRA on ``lora.target_modules``."""
-    shapes = [s for n, s in model.module_shapes().items() if n in lora.target_modules]
+    """(P, largest block, LoRA'd modules per layer) for LoRA on ``lora.target_modules``
+    (``auto``: the attention projections of this Llama-like shape)."""
+    targets = expand_targets(lora.target_modules, ATTENTION_PROJECTIONS["llama"])
+    shapes = [s for n, s in model.module_shapes().items() if n in targets]
     per_layer = sum(lora.r * (a + b) for a, b in shapes)
     biggest = max((lora.r * max(a, b) for a, b in shapes), default=0)
     return model.layers * per_layer, biggest, len(shapes)

@@ -140,15 +140,25 @@ def load_adapter(model: torch.nn.Module, checkpoint: Checkpoint) -> None:
             p.copy_(weights[name])
 
 
+def warmup_steps(total: int, cfg: TrainConfig) -> int:
+    """Warmup steps of a run of ``total`` optimizer steps: ``ceil(warmup_ratio x total)``,
+    as the HF Trainer's ``get_warmup_steps`` (the reference's ``--warmup_ratio``)."""
+    return math.ceil(cfg.warmup_ratio * total)
+
+
 def lr_at(step: int, total: int, cfg: TrainConfig) -> float:
-    """Learning rate for optimizer step ``step`` (0-based): linear warmup, then decay."""
-    warm = math.ceil(cfg.warmup_ratio * total)
+    """Learning rate of optimizer step ``step`` (0-based) of ``total``: exactly what
+    transformers' ``get_linear_schedule_with_warmup`` / ``get_cosine_schedule_with_warmup``
+    (one half-cycle) give the step's ``optimizer.step()``, the HF Trainer stepping the
+    scheduler after every optimizer step. Warmup rises from 0 (step 0 updates the Adam
+    moments with a zero learning rate) and the decay ends one step short of 0."""
+    warm = warmup_steps(total, cfg)
     if step < warm:
-        return cfg.learning_rate * (step + 1) / warm
-    progress = (step - warm) / max(1, total - warm)
+        return cfg.learning_rate * step / max(1, warm)
     if cfg.lr_scheduler == "cosine":
-        return cfg.learning_rate * 0.5 * (1 + math.cos(math.pi * progress))
-    return cfg.learning_rate * max(0.0, 1 - progress)
+        progress = (step - warm) / max(1, total - warm)
+        return cfg.learning_rate * max(0.0, 0.5 * (1.0 + math.cos(math.pi * progress)))
+    return cfg.learning_rate * max(0.0, (total - step) / max(1, total - warm))
 
 
 def _epoch_order(n: int, seed: int, epoch: int) -> list[int]:
@@ -159,18 +169,26 @@ def _epoch_order(n: int, seed: int, epoch: int) -> list[int]:
 
 
 def _optimizer_step(model, optimizer, rows, data: pl.DataFrame, cfg: TrainConfig, pad_id) -> float:
-    """One optimizer step over ``rows``; loss = mean over all completion tokens of the
-    step (micro-batched by token budget, so memory does not grow with batch size)."""
+    """One optimizer step over ``rows`` (micro-batched by token budget, so memory does not
+    grow with batch size). Loss (``cfg.loss_average``): ``example``, each example's mean
+    completion-token loss averaged over the step's examples (the reference's HF Trainer
+    with one example per device and gradient accumulation); ``token``, the mean over all
+    completion tokens of the step. Examples without completion tokens count for nothing."""
     lengths, device = [data["n_tokens"][i] for i in rows], model_device(model)
-    n_tok = sum(data["n_completion_tokens"][i] for i in rows)
+    n_comp = [data["n_completion_tokens"][i] for i in rows]
+    n_ex, n_tok = max(1, sum(c > 0 for c in n_comp)), max(1, sum(n_comp))
     total = torch.zeros((), dtype=torch.float32, device=device)  # one host read per step
     for micro in token_budget_batches(lengths, cfg.token_budget):
         idx = [rows[i] for i in micro]
         batch = collate(
             [data["input_ids"][i] for i in idx], [data["labels"][i] for i in idx], pad_id
         )
-        losses, _ = completion_token_losses(model, {k: v.to(device) for k, v in batch.items()})
-        loss = losses.sum() / n_tok
+        losses, row = completion_token_losses(model, {k: v.to(device) for k, v in batch.items()})
+        if cfg.loss_average == "example":  # token weight 1 / (n_examples x own tokens)
+            counts = torch.bincount(row, minlength=len(idx)).clamp_min(1).to(losses.dtype)
+            loss = (losses / counts[row]).sum() / n_ex
+        else:
+            loss = losses.sum() / n_tok
         loss.backward()
         total += loss.detach().float()
     optimizer.step()

@@ -24,6 +24,16 @@ from typing import Any, Literal
 
 import polars as pl
 
+from less_lab.data.readers import (
+    RECORD_PATTERNS,
+    Record,
+    dataset_label,
+    hf_split_dirs,
+    is_hf_dataset,
+    is_hf_dataset_dir,
+    iter_dataset,
+    iter_records,
+)
 from less_lab.errors import DataError
 
 ROLES = ("system", "user", "assistant")
@@ -44,21 +54,34 @@ Messages = list[dict[str, str]]
 # --------------------------------------------------------------------------- reading
 
 
-DATA_PATTERNS = ("*.jsonl", "*.jsonl.gz")
-"""What a pool directory stands for: JSONL files, gzip-compressed or not."""
+DATA_PATTERNS = RECORD_PATTERNS
+"""What a pool directory stands for: JSONL files (gzip-compressed or not), JSON arrays,
+parquet files and ``datasets`` ``save_to_disk`` subdirectories (see ``readers``)."""
+Source = str | os.PathLike | Any  # a path, or a datasets.Dataset object
 
 
 def resolve_files(
-    paths: str | Path | Sequence[str | Path], pattern: str | Sequence[str] = DATA_PATTERNS
+    paths: Source | Sequence[Source], pattern: str | Sequence[str] = DATA_PATTERNS
 ) -> list[Path]:
-    """Files named by ``paths``; a directory stands for its ``pattern`` files, sorted."""
-    if isinstance(paths, (str, os.PathLike)):
+    """Files named by ``paths``; a directory stands for its ``pattern`` files and its
+    ``save_to_disk`` subdirectories, sorted; a ``save_to_disk`` directory (or a
+    ``DatasetDict`` one: its splits) stands for itself."""
+    if isinstance(paths, (str, os.PathLike)) or is_hf_dataset(paths):
         paths = [paths]
     patterns = [pattern] if isinstance(pattern, str) else list(pattern)
     files: list[Path] = []
-    for item in map(Path, paths):
-        if item.is_dir():
+    for item in paths:
+        if is_hf_dataset(item):
+            files.append(item)
+            continue
+        item = Path(item)
+        if is_hf_dataset_dir(item):
+            files.append(item)
+        elif splits := hf_split_dirs(item):
+            files.extend(splits)
+        elif item.is_dir():
             found = sorted({p for pat in patterns for p in item.glob(pat) if p.is_file()})
+            found += sorted(p for p in item.iterdir() if is_hf_dataset_dir(p))
             if not found:
                 what = "directory holds no data files"
                 raise DataError(what, path=item, expected=" or ".join(patterns))
@@ -74,7 +97,7 @@ def file_stem(path: Path) -> str:
     """A data file's name without its data suffixes (``a.jsonl.gz`` -> ``a``): the default
     source and id prefix of its records."""
     name = path.name
-    for suffix in (".gz", ".jsonl", ".json"):
+    for suffix in (".gz", ".jsonl", ".json", ".parquet"):
         name = name.removesuffix(suffix)
     return name
 
@@ -129,6 +152,11 @@ def load_json_object(text: str, path: Path, line: int) -> dict[str, Any]:
     if not isinstance(obj, dict):
         what = f"a JSON {type(obj).__name__} is not an object"
         raise DataError(what, path=path, line=line, expected="one JSON object per line")
+    return checked_text(obj, path, line)
+
+
+def checked_text(obj: dict[str, Any], path: Path, line: int) -> dict[str, Any]:
+    """``obj`` when all its text is valid Unicode, else a :class:`DataError`."""
     try:  # JSON escapes can spell lone surrogates, which no later stage can encode
         json.dumps(obj, ensure_ascii=False).encode("utf-8")
     except UnicodeEncodeError as err:
@@ -186,8 +214,30 @@ def record_id(obj: dict[str, Any], path: Path, line: int) -> str:
     return str(value)
 
 
-def _pool_row(text: str, path: Path, line: int) -> dict[str, Any]:
-    obj = load_json_object(text, path, line)
+def record_sources(
+    paths: Source | Sequence[Source], max_line_bytes: int
+) -> Iterator[tuple[Path, Iterator[tuple[int, Record]]]]:
+    """``(label, (row, record) stream)`` per data source named by ``paths``: files and
+    ``save_to_disk`` directories (``readers.iter_records``), ``Dataset`` objects."""
+    for item in resolve_files(paths):
+        if is_hf_dataset(item):
+            yield Path(dataset_label(item)), iter_dataset(item)
+        else:
+            yield item, iter_records(item, lambda p: iter_json_lines(p, max_line_bytes))
+
+
+def decode_record(record: Record, path: Path, line: int) -> tuple[dict[str, Any], str]:
+    """``(object, raw JSON line)`` of one record of any format (see ``readers``)."""
+    if isinstance(record, DataError):
+        raise record
+    if isinstance(record, str):
+        return load_json_object(record, path, line), record
+    obj = checked_text(record, path, line)
+    return obj, json.dumps(obj, ensure_ascii=False, default=str)
+
+
+def _pool_row(record: Record, path: Path, line: int) -> dict[str, Any]:
+    obj, text = decode_record(record, path, line)
     fmt, messages = parse_example(obj, path, line)
     source = obj.get("dataset", obj.get("source"))
     if source is None:
@@ -199,7 +249,7 @@ def _pool_row(text: str, path: Path, line: int) -> dict[str, Any]:
 
 
 def read_pool_with_report(
-    paths: str | Path | Sequence[str | Path],
+    paths: Source | Sequence[Source],
     *,
     on_error: Literal["raise", "skip"] = "skip",
     max_line_bytes: int = 8_000_000,
@@ -211,12 +261,10 @@ def read_pool_with_report(
     rows: list[dict[str, Any]] = []
     skipped: list[dict[str, Any]] = []
     seen: dict[str, str] = {}
-    for path in resolve_files(paths):
-        for line, text in iter_json_lines(path, max_line_bytes):
+    for path, records in record_sources(paths, max_line_bytes):
+        for line, record in _guarded(records, path, on_error, skipped):
             try:
-                if isinstance(text, DataError):
-                    raise text
-                row = _pool_row(text, path, line)
+                row = _pool_row(record, path, line)
                 first = seen.get(row["example_id"])
                 if first is not None:
                     what = f"duplicate id {row['example_id']!r} (first at {first})"
@@ -231,14 +279,30 @@ def read_pool_with_report(
     return pl.DataFrame(rows, schema=POOL_SCHEMA), pl.DataFrame(skipped, schema=REPORT_SCHEMA)
 
 
+def _guarded(
+    records: Iterator[tuple[int, Record]], path: Path, on_error: str, skipped: list
+) -> Iterator[tuple[int, Record]]:
+    """``records``, where a source that fails as a whole (an unreadable parquet or arrow
+    file) is reported once and skipped under ``on_error="skip"``."""
+    try:
+        yield from records
+    except DataError as err:
+        if on_error == "raise":
+            raise
+        skipped.append({"file": str(path), "line": err.line, "reason": err.reason})
+
+
 def read_pool(
-    paths: str | Path | Sequence[str | Path],
+    paths: Source | Sequence[Source],
     *,
     on_error: Literal["raise", "skip"] = "raise",
     max_line_bytes: int = 8_000_000,
 ) -> pl.DataFrame:
-    """Candidate examples, one row per JSONL line: ``example_id, source, format, messages,
-    raw, file, line``. A directory means all its ``*.jsonl`` files, sorted.
+    """Candidate examples, one row per record: ``example_id, source, format, messages,
+    raw, file, line``. ``paths``: JSONL (``.jsonl``, ``.jsonl.gz``), JSON arrays
+    (``.json``), parquet, ``datasets`` ``save_to_disk`` directories or ``Dataset``
+    objects; any other directory means all of those it holds, sorted. ``line`` is the
+    line of a JSONL file, else the 1-based row (array item, parquet or dataset row).
 
     ``on_error="raise"`` stops at the first bad line with a :class:`DataError` naming file
     and line; ``"skip"`` leaves bad lines out and warns with their count (use

@@ -33,10 +33,17 @@ from less_lab.data.pool import (
     MESSAGES_DTYPE,
     DataError,
     Messages,
-    iter_json_lines,
-    load_json_object,
+    decode_record,
+    file_stem,
     parse_example,
     record_id,
+    record_sources,
+)
+from less_lab.data.readers import (
+    RECORD_PATTERNS,
+    hf_split_dirs,
+    is_hf_dataset,
+    is_hf_dataset_dir,
 )
 
 TASKS = ("bbh", "mmlu", "tydiqa")
@@ -57,16 +64,21 @@ _LAYOUTS = {
 }
 
 
-def read_targets(path: str | Path, *, task: str | None = None) -> pl.DataFrame:
+def read_targets(path: str | Path | Any, *, task: str | None = None) -> pl.DataFrame:
     """Target examples: ``example_id, source, subtask, messages, raw``.
 
     ``path`` is a layout file, a directory holding one layout (``eval/bbh``), or the top
     evaluation directory together with ``task`` (``"bbh"``, ``"mmlu"``, ``"tydiqa"``).
+    Generic targets (records with a ``subtask``) may be JSONL, a JSON array, parquet, a
+    ``datasets`` ``save_to_disk`` directory or ``Dataset`` object, or a directory of those.
     ``raw`` is a JSON line in the generic layout, so ``write_jsonl`` of this frame gives a
     file that reads back as the same targets."""
     if task is not None and task not in TASKS:
         raise ValueError(f"task must be one of {TASKS} or None, not {task!r}")
-    kind, where = _detect(Path(path), task)
+    if is_hf_dataset(path):
+        kind, where = "jsonl", [path]
+    else:
+        kind, where = _detect(Path(path), task)
     reader = {"bbh": _read_bbh, "mmlu": _read_mmlu, "tydiqa": _read_tydiqa, "jsonl": _read_jsonl}
     rows = reader[kind](where)
     _check_unique(rows)
@@ -76,19 +88,23 @@ def read_targets(path: str | Path, *, task: str | None = None) -> pl.DataFrame:
 def _detect(path: Path, task: str | None) -> tuple[str, Any]:
     """``(layout, location)``: a file's layout from its name, a directory's from what it
     holds; a directory with several layouts needs ``task``."""
+    if is_hf_dataset_dir(path) or hf_split_dirs(path):
+        return "jsonl", [path]
     if path.is_file():
-        if path.suffix == ".jsonl":
+        if path.name.endswith((".jsonl", ".jsonl.gz", ".parquet")):
             return "jsonl", [path]
         if path.suffix == ".csv":
             return "mmlu", [path]
         guess = task or next((t for t in TASKS if path.name.startswith(t)), None)
         if guess in ("bbh", "tydiqa") and path.suffix == ".json":
             return guess, path
+        if path.suffix == ".json" and _starts_array(path):
+            return "jsonl", [path]  # a JSON array of generic records
         raise DataError(
             "cannot tell the target layout from the file name",
             path=path,
-            expected="bbh-three-shot.json, tydiqa-one-shot.json, *_dev.csv or *.jsonl "
-            "(or pass task=)",
+            expected="bbh-three-shot.json, tydiqa-one-shot.json, *_dev.csv, *.jsonl(.gz), "
+            "*.json arrays or *.parquet (or pass task=)",
         )
     if not path.is_dir():
         raise FileNotFoundError(f"{path}: no such file or directory")
@@ -100,9 +116,10 @@ def _detect(path: Path, task: str | None) -> tuple[str, Any]:
                 found[name] = hits if name == "mmlu" else hits[0]
                 break
     if not task and not found:
-        jsonl = sorted(p for p in path.glob("*.jsonl") if p.is_file())
-        if jsonl:
-            return "jsonl", jsonl
+        generic = sorted({p for pat in RECORD_PATTERNS for p in path.glob(pat) if p.is_file()})
+        generic += sorted(p for p in path.iterdir() if is_hf_dataset_dir(p))
+        if generic:
+            return "jsonl", generic
     if len(found) == 1:
         return next(iter(found.items()))
     if task:
@@ -110,8 +127,20 @@ def _detect(path: Path, task: str | None) -> tuple[str, Any]:
     if found:
         what = f"holds several target layouts ({', '.join(found)})"
         raise DataError(what, path=path, expected="task= to choose one")
-    every = ", ".join(sum(_LAYOUTS.values(), ())) + " or *.jsonl"
+    every = (
+        ", ".join(sum(_LAYOUTS.values(), ()))
+        + " or generic records ("
+        + ", ".join(RECORD_PATTERNS)
+        + ")"
+    )
     raise DataError("holds no target layout", path=path, expected=f"one of {every}")
+
+
+def _starts_array(path: Path) -> bool:
+    """Whether a ``.json`` file opens with ``[`` (a JSON array of generic records)."""
+    with open(path, "rb") as fh:
+        head = fh.read(4096).lstrip(b"\xef\xbb\xbf \t\r\n")
+    return head.startswith(b"[")
 
 
 def _row(example_id: str, source: str, subtask: str, prompt: str, completion: str) -> dict:
@@ -296,15 +325,14 @@ def _read_tydiqa(path: Path) -> list[dict]:
     return rows
 
 
-def _read_jsonl(files: list[Path], max_line_bytes: int = 8_000_000) -> list[dict]:
-    """Generic targets: each line an open-instruct record plus ``subtask``; source = stem."""
+def _read_jsonl(files: list[Any], max_line_bytes: int = 8_000_000) -> list[dict]:
+    """Generic targets: each record (JSONL line, array item, parquet or dataset row) an
+    open-instruct record plus ``subtask``; source = the file's stem."""
     rows = []
     seen: dict[str, str] = {}
-    for path in files:
-        for line, text in iter_json_lines(path, max_line_bytes):
-            if isinstance(text, DataError):
-                raise text
-            obj = load_json_object(text, path, line)
+    for path, records in record_sources(files, max_line_bytes):
+        for line, record in records:
+            obj, text = decode_record(record, path, line)
             _, messages = parse_example(obj, path, line)
             subtask = obj.get("subtask")
             if not isinstance(subtask, str) or not subtask:
@@ -315,7 +343,7 @@ def _read_jsonl(files: list[Path], max_line_bytes: int = 8_000_000) -> list[dict
                 what = f"duplicate id {eid!r} (first at {seen[eid]})"
                 raise DataError(what, path=path, line=line, expected="unique ids")
             seen[eid] = f"{path}:{line}"
-            rows.append(_generic_row(eid, path.stem, subtask, messages, text))
+            rows.append(_generic_row(eid, file_stem(path), subtask, messages, text))
     return rows
 
 

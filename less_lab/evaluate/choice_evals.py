@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 import polars as pl
@@ -34,11 +35,14 @@ def evaluate_mmlu(
     seed: int = 0,
     data_cfg: DataConfig = DEFAULT_DATA,
     token_budget: int = 4096,
+    average: Literal["micro", "macro"] = "micro",
     progress: bool = True,
     return_examples: bool = False,
 ) -> pl.DataFrame:
     """k-shot MMLU accuracy: the letter whose continuation ``X`` opening the assistant turn
-    (the target format's completion, no leading space) is most likely."""
+    (the target format's completion, no leading space) is most likely. The ``average``
+    row is ``micro`` (over all questions: open-instruct's ``average_acc``, the paper's
+    number) or ``macro`` (mean of the per-subject accuracies)."""
     ex = mmlu_examples(mmlu_dir, k=k, max_per_subject=max_per_subject, subjects=subjects, seed=seed)
     prompts = encode_prompts(ex["prompt"].to_list(), tokenizer, data_cfg)
     letters = [tokenizer(x, add_special_tokens=False)["input_ids"] for x in LETTERS]
@@ -48,7 +52,7 @@ def evaluate_mmlu(
     pred = [LETTERS[int(np.argmax(ll))] for ll in lls]
     ex = ex.with_columns(prediction=pl.Series(pred), logliks=pl.Series(lls))
     ex = ex.with_columns(accuracy=pl.col("prediction") == pl.col("answer"))
-    return ex if return_examples else summarize(ex, ["accuracy"])
+    return ex if return_examples else summarize(ex, ["accuracy"], average=average)
 
 
 def evaluate_truthfulqa_mc2(
@@ -61,11 +65,16 @@ def evaluate_truthfulqa_mc2(
     seed: int = 0,
     data_cfg: DataConfig = DEFAULT_DATA,
     token_budget: int = 4096,
+    leading_space: bool = False,
     progress: bool = True,
     return_examples: bool = False,
 ) -> pl.DataFrame:
-    """TruthfulQA MC2: prompt ``{primer}Q: {question}\\nA:``, each choice scored as the
-    continuation " {choice}"; subtask = ``category`` when present."""
+    """TruthfulQA MC2: prompt ``{primer}Q: {question}\\nA:``, each choice scored by the
+    sum of its token log-probabilities as the completion opening the assistant turn,
+    ``{choice}`` without a leading space (the target format's convention: the answer cue
+    ends the user turn). open-instruct scores ``prompt + " " + choice`` after ``A:`` (its
+    ``score_completions`` adds a space when the prompt does not end in one), i.e. with a
+    leading space: ``leading_space=True`` does that. Subtask = ``category`` if present."""
     path = Path(path)
     rows = []
     for line, r in json_records(path):
@@ -86,7 +95,9 @@ def evaluate_truthfulqa_mc2(
     prompts = encode_prompts(texts, tokenizer, data_cfg)
     choices = [
         [
-            tokenizer(c.strip(), add_special_tokens=False)["input_ids"]
+            tokenizer((" " if leading_space else "") + c.strip(), add_special_tokens=False)[
+                "input_ids"
+            ]
             for c in r["mc2_targets"]["choices"]
         ]
         for _, r in rows

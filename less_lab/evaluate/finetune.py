@@ -2,7 +2,10 @@
 
 Appendix B: the model is evaluated on the target's validation set (the same few-shot
 examples LESS selected with) after every epoch, and the best checkpoint goes on to the
-test set. ``finetune`` does that with ``training.train_lora`` (one checkpoint per epoch,
+test set. "Best" is by validation *performance* by default (``val_score``: the task's
+metric on the validation set, ``evaluators.task_eval``), as the reference evaluated its
+checkpoints; validation loss (``metric="val_loss"``) is the option. Appendix I shows the
+two often disagree. ``finetune`` does that with ``training.train_lora`` (one checkpoint per epoch,
 resumable) and caches each epoch's metrics as ``metrics.json`` inside the epoch's
 checkpoint directory, so a resumed or repeated call neither retrains nor re-evaluates.
 The per-epoch history (train loss, validation loss, any other validation metric) is the
@@ -32,7 +35,7 @@ from less_lab.config import DataConfig, TrainConfig, to_dict
 from less_lab.core.pipeline import data_fingerprint
 from less_lab.core.training import Checkpoint, load_adapter, train_lora
 from less_lab.data.formatting import tokenize
-from less_lab.evaluate.evaluators import EvalFn, loss_eval
+from less_lab.evaluate.evaluators import EvalFn, loss_eval, task_eval
 from less_lab.evaluate.inference import inference
 from less_lab.model.loading import model_fingerprint
 from less_lab.model.lora import add_lora
@@ -112,13 +115,18 @@ def validation_fn(
     data_cfg: DataConfig = DEFAULT_DATA,
     token_budget: int = 4096,
     extra: Mapping[str, EvalFn] | None = None,
+    performance: bool = True,
 ) -> Callable[[Any], dict]:
     """The per-epoch evaluation of appendix B: ``val_loss`` (mean completion loss over
-    the target's validation subtasks) plus ``val_<name>_<metric>`` for ``extra`` evals."""
+    the target's validation subtasks), ``val_score`` (the task metric on them, percent;
+    left out with ``performance=False``) plus ``val_<name>_<metric>`` for ``extra``."""
     loss = loss_eval(val_targets, data_cfg=data_cfg, token_budget=token_budget)
+    task = task_eval(val_targets, data_cfg=data_cfg, token_budget=token_budget)
 
     def run(model) -> dict[str, float]:
         out = {"val_loss": frame_metrics(loss(model, tokenizer))["loss"]}
+        if performance:
+            out["val_score"] = frame_metrics(task(model, tokenizer))["score"]
         for name, fn in (extra or {}).items():
             out |= frame_metrics(fn(model, tokenizer), f"val_{name}_")
         return out
@@ -172,7 +180,7 @@ def finetune(
     out_dir: str | Path = "finetune",
     data_cfg: DataConfig = DEFAULT_DATA,
     *,
-    metric: str = "val_loss",
+    metric: str = "val_score",
     maximize: bool | None = None,
     eval_key: str = "",
     progress: bool = True,
@@ -180,7 +188,9 @@ def finetune(
     """Train a fresh LoRA (``cfg.lora``; paper: r=128, alpha=512, 4 epochs, lr 2e-5,
     linear warmup then decay) on ``train_frame`` (pool rows: ``example_id`` and
     ``messages``), call ``eval_fn(model) -> {metric: value}`` after every epoch, and load
-    the best epoch by ``metric``. ``eval_key`` names the evaluation: cached metrics made
+    the best epoch by ``metric`` (default ``val_score``, the validation performance that
+    ``validation_fn`` reports; ``val_loss`` is the option; ties go to the earliest
+    epoch). ``eval_key`` names the evaluation: cached metrics made
     under another key are recomputed (the checkpoints are kept)."""
     model, tokenizer, tokenized = _model_and_data(base_model, tokenizer, train_frame, data_cfg)
     settings = {

@@ -25,8 +25,8 @@ from less_lab.data.evalsets import (
     question_frame,
     squad_rows,
     subsample,
+    tydiqa_prompt,
 )
-from less_lab.data.targets import TYDIQA_INSTRUCTION, qa_block
 from less_lab.errors import DataError
 from less_lab.evaluate.inference import encode_prompts, generate
 from less_lab.evaluate.metrics import (
@@ -75,15 +75,17 @@ def evaluate_bbh(
     max_per_task: int | None = None,
     tasks: Sequence[str] | None = None,
     seed: int = 0,
-    max_new_tokens: int = 256,
-    lenient: bool = False,
+    max_new_tokens: int = 512,
+    strict: bool = False,
     data_cfg: DataConfig = DEFAULT_DATA,
     token_budget: int = 8192,
     progress: bool = True,
     return_examples: bool = False,
 ) -> pl.DataFrame:
-    """3-shot chain-of-thought exact match (greedy; the answer follows the last
-    "So the answer is")."""
+    """3-shot chain-of-thought exact match as open-instruct scores it: greedy, up to 512
+    new tokens, cut at a blank line; the answer parsed by ``metrics.parse_bbh_answer``
+    (the text between the first "So the answer is" and the next period) and compared
+    ignoring case and punctuation (``strict``: exact, whitespace collapsed)."""
     ex = bbh_examples(bbh_dir, max_per_task=max_per_task, tasks=tasks, seed=seed)
     ex = generate_column(
         model,
@@ -96,7 +98,7 @@ def evaluate_bbh(
         progress=progress,
     )
     pred = [parse_bbh_answer(g) for g in ex["generation"]]
-    em = [bbh_match(p, t, lenient=lenient) for p, t in zip(pred, ex["answer"], strict=True)]
+    em = [bbh_match(p, t, strict=strict) for p, t in zip(pred, ex["answer"], strict=True)]
     ex = ex.with_columns(prediction=pl.Series(pred, dtype=pl.String), exact_match=pl.Series(em))
     return ex if return_examples else summarize(ex, ["exact_match"])
 
@@ -112,6 +114,7 @@ def evaluate_squad(
     seed: int = 0,
     max_context_tokens: int | None = 512,
     max_new_tokens: int = 50,
+    per_language: bool = True,
     data_cfg: DataConfig = DEFAULT_DATA,
     token_budget: int = 8192,
     progress: bool = True,
@@ -121,11 +124,14 @@ def evaluate_squad(
     exact match, max over gold answers. Subtask = the id's prefix before ``-`` (TydiQA
     ids start with the language), else ``all``. ``shots``: ``tydiqa-one-shot.json`` or
     ``{subtask: [{context, question, answers}]}``; a subtask without shots is zero-shot.
-    Contexts are cut to ``max_context_tokens`` as open-instruct does."""
+    Contexts are cut to ``max_context_tokens`` as open-instruct does; each language gets
+    open-instruct's template in that language (``per_language=False``: English for all)."""
     if isinstance(shots, (str, Path)):
         shots = json.loads(Path(shots).read_text(encoding="utf-8"))
     shots = shots or {}
-    ex = squad_examples(tokenizer, path, shots, n_shot, max_per_subtask, seed, max_context_tokens)
+    ex = squad_examples(
+        tokenizer, path, shots, n_shot, max_per_subtask, seed, max_context_tokens, per_language
+    )
     ex = generate_column(
         model,
         tokenizer,
@@ -154,10 +160,12 @@ def squad_examples(
     max_per_subtask: int | None,
     seed: int,
     max_context_tokens: int | None,
+    per_language: bool = True,
 ) -> pl.DataFrame:
-    """The span QA questions (``example_id, subtask, prompt, answer, golds``): the TydiQA
-    instruction, up to ``n_shot`` shots of the subtask, then the passage and question, every
-    passage cut to ``max_context_tokens`` tokens."""
+    """The span QA questions (``example_id, subtask, prompt, answer, golds``) in
+    open-instruct's prompt (``evalsets.tydiqa_prompt``: the subtask language's template,
+    up to ``n_shot`` shots of the subtask, then the passage and question), every passage
+    cut to ``max_context_tokens`` tokens."""
 
     def cut(text: str) -> str:
         ids = tokenizer(text, add_special_tokens=False)["input_ids"]
@@ -170,12 +178,14 @@ def squad_examples(
         by_sub.setdefault(r["id"].split("-")[0] if "-" in r["id"] else "all", []).append(r)
     rows = []
     for sub in sorted(by_sub):
-        demo = "".join(
-            f"{qa_block(cut(s['context']), s['question'])} {s['answers'][0]['text']}\n\n"
+        demo = [
+            (cut(s["context"]), s["question"], s["answers"][0]["text"])
             for s in shots.get(sub, [])[:n_shot]
-        )
+        ]
         for r in subsample(by_sub[sub], max_per_subtask, seed, sub):
-            prompt = f"{TYDIQA_INSTRUCTION}\n\n{demo}{qa_block(cut(r['context']), r['question'])}"
+            prompt = tydiqa_prompt(
+                sub, cut(r["context"]), r["question"], demo, per_language=per_language
+            )
             rows.append(
                 {
                     "example_id": r["id"],

@@ -26,7 +26,7 @@ from less_lab.data.formatting import tokenize
 from less_lab.data.pool import MESSAGES_DTYPE
 from less_lab.evaluate.metrics import summarize
 from less_lab.model.device import model_device, to_host
-from less_lab.model.lora import decoder_and_head, example_losses
+from less_lab.model.lora import example_losses, position_logits
 
 
 @contextmanager
@@ -70,6 +70,20 @@ def _batches(
     yield from tqdm(batches, desc=desc, unit="batch", disable=not progress or len(batches) < 2)
 
 
+def _positions(seqs, starts, cands, idx) -> tuple[list[int], list[int], list[tuple[int, int]]]:
+    """``(rows, cols, spans)``: the batch positions whose next-token distribution is
+    needed (those predicting tokens ``start..n-1``, then, with candidates, position
+    ``n-1``) and each row's ``(first, count)`` of continuation positions among them."""
+    rows, cols, spans = [], [], []
+    for row, i in enumerate(idx):
+        n, a = len(seqs[i]), max(starts[i], 1)
+        wanted = list(range(a - 1, n - 1)) + ([n - 1] if cands is not None else [])
+        spans.append((len(cols), max(n - a, 0)))
+        rows += [row] * len(wanted)
+        cols += wanted
+    return rows, cols, spans
+
+
 def _score(
     model,
     seqs: list[list[int]],
@@ -80,29 +94,31 @@ def _score(
     desc: str,
 ) -> tuple[np.ndarray, list]:
     """For each sequence: sum of log p(token) over positions >= start, and (if ``cands``)
-    the next-token log-probs of its candidate ids after the whole sequence. Computed on
-    the model's device in fp32, read back once per batch."""
-    body, head = decoder_and_head(model)
+    the next-token log-probs of its candidate ids after the whole sequence. Logits come
+    from the model's own head path (soft-capping, logit scaling) at the needed positions
+    only; computed on the model's device in fp32, read back once per batch."""
     device = model_device(model)
     sums, cand_lp = np.zeros(len(seqs)), [None] * len(seqs)
     with inference(model):
         for idx in _batches([len(s) for s in seqs], token_budget, None, desc, progress):
             batch = collate([seqs[i] for i in idx], [seqs[i] for i in idx], 0)
-            hidden = body(
-                input_ids=batch["input_ids"].to(device),
-                attention_mask=batch["attention_mask"].to(device),
-            ).last_hidden_state
+            rows, cols, spans = _positions(seqs, starts, cands, idx)
+            logits = position_logits(
+                model,
+                batch["input_ids"].to(device),
+                batch["attention_mask"].to(device),
+                torch.as_tensor(rows, dtype=torch.long, device=device),
+                torch.as_tensor(cols, dtype=torch.long, device=device),
+            )
+            logp = torch.log_softmax(logits.float(), -1)
             batch_sums = torch.zeros(len(idx), device=device)
             cand_rows = []
-            for row, i in enumerate(idx):
-                n, a = len(seqs[i]), starts[i]
-                if a < n:
-                    logp = torch.log_softmax(head(hidden[row, a - 1 : n - 1]).float(), -1)
-                    target = torch.as_tensor(seqs[i][a:n], device=device).unsqueeze(1)
-                    batch_sums[row] = logp.gather(1, target).sum()
+            for row, (i, (first, k)) in enumerate(zip(idx, spans, strict=True)):
+                if k:
+                    target = torch.as_tensor(seqs[i][len(seqs[i]) - k :], device=device)
+                    batch_sums[row] = logp[first : first + k].gather(1, target[:, None]).sum()
                 if cands is not None:
-                    last = torch.log_softmax(head(hidden[row, n - 1]).float(), -1)
-                    cand_rows.append(last[torch.as_tensor(cands[i], device=device)])
+                    cand_rows.append(logp[first + k][torch.as_tensor(cands[i], device=device)])
             sums[idx] = to_host(batch_sums).numpy()
             if cand_rows:
                 flat = iter(to_host(torch.cat(cand_rows)).tolist())

@@ -1,5 +1,6 @@
 """The pure text and number metrics behind every evaluator: SQuAD exact match and F1, BBH
-answer parsing, GSM8K numbers, TruthfulQA MC2, and the per-subtask summary.
+answer parsing and matching (open-instruct's), GSM8K numbers, TruthfulQA MC2, and the
+per-subtask summary (macro or micro average).
 
 Why apart from the model calls: these decide what counts as a right answer, so they are
 hand-checked on edge cases (articles, punctuation, "1,234.5", log-space MC2) without a
@@ -13,11 +14,12 @@ import re
 import string
 from collections import Counter
 from collections.abc import Sequence
+from typing import Literal
 
 import numpy as np
 import polars as pl
 
-PERCENT = ("accuracy", "exact_match", "f1", "mc2")
+PERCENT = ("accuracy", "exact_match", "f1", "mc2", "score")
 _PUNCT = frozenset(string.punctuation)
 
 
@@ -50,29 +52,36 @@ def squad_f1(prediction: str, golds: Sequence[str]) -> float:
     return max((_f1(prediction, g) for g in golds), default=0.0)
 
 
-_BBH_MARK = "So the answer is"
+_BBH_ANSWER = re.compile(r"So the answer is (.*?)\.")
 
 
 def parse_bbh_answer(generation: str) -> str:
-    """The answer of a BBH chain of thought: the rest of the line after the last
-    "So the answer is" in the first block (a model that goes on to invent the next
-    ``Q:`` after a blank line is not read past it), without trailing period/space."""
-    block = generation.strip().split("\n\n")[0]
-    if _BBH_MARK in block:
-        answer = block.rsplit(_BBH_MARK, 1)[1].split("\n")[0]
-    else:  # no marker: the whole block, as open-instruct falls back to
-        answer = block
-    return " ".join(answer.split()).rstrip(". ").strip()
+    """The answer of a BBH chain of thought, as open-instruct (and the LESS copy of its
+    ``eval/bbh/run_eval.py``) extracts it: ``re.search(r"So the answer is (.*?)\\.")``,
+    i.e. the FIRST "So the answer is" followed, on the same line, by a period, and the
+    text up to that first period, stripped; without such a match, the first
+    blank-line-separated block of the stripped generation, stripped."""
+    found = _BBH_ANSWER.search(generation)
+    if found:
+        return found.group(1).strip()
+    return generation.strip().split("\n\n")[0].strip()
 
 
-def bbh_match(prediction: str, target: str, *, lenient: bool = False) -> bool:
-    """Exact match after whitespace normalisation. ``lenient`` also ignores case and
-    punctuation, like open-instruct's ``exact_match`` (then "A" matches "(A)")."""
-    pred, ref = " ".join(prediction.split()), " ".join(target.split())
-    if lenient:
-        strip = str.maketrans("", "", string.punctuation)
-        pred, ref = pred.lower().translate(strip).strip(), ref.lower().translate(strip).strip()
-    return pred == ref
+def exact_match_open_instruct(prediction: str, target: str) -> bool:
+    """HF ``evaluate``'s ``exact_match`` with ``ignore_case=True, ignore_punctuation=True``
+    (open-instruct's BBH score): lowercase both, delete ``string.punctuation``, compare.
+    Whitespace is neither stripped nor collapsed."""
+    drop = str.maketrans("", "", string.punctuation)
+    return prediction.lower().translate(drop) == target.lower().translate(drop)
+
+
+def bbh_match(prediction: str, target: str, *, strict: bool = False) -> bool:
+    """Whether a parsed BBH answer is right. Default: open-instruct's comparison
+    (``exact_match_open_instruct``: case and punctuation ignored, so "a" matches "(A)");
+    ``strict``: exact string equality after collapsing whitespace."""
+    if strict:
+        return " ".join(prediction.split()) == " ".join(target.split())
+    return exact_match_open_instruct(prediction, target)
 
 
 _NUMBER = re.compile(r"-?(?:\d[\d,]*(?:\.\d+)?|\.\d+)")
@@ -105,13 +114,28 @@ def mc2_score(logliks: Sequence[float], labels: Sequence[int]) -> float:
     return float(np.exp(np.logaddexp.reduce(ll[lab]) - total))
 
 
-def summarize(examples: pl.DataFrame, metrics: Sequence[str], by: str = "subtask") -> pl.DataFrame:
-    """Per-subtask means (``PERCENT`` metrics x100) with ``n``, then an ``average`` row
-    that is the mean over subtasks."""
+def summarize(
+    examples: pl.DataFrame,
+    metrics: Sequence[str],
+    by: str = "subtask",
+    *,
+    average: Literal["macro", "micro"] = "macro",
+) -> pl.DataFrame:
+    """Per-subtask means (``PERCENT`` metrics x100) with ``n``, then an ``average`` row:
+    ``macro``, the mean over subtasks (the paper's BBH and TydiQA numbers, as
+    open-instruct computes them); ``micro``, the mean over all examples (open-instruct's
+    MMLU ``average_acc``: ``np.mean(np.concatenate(all_cors))``)."""
     scale = [pl.col(m).cast(pl.Float64).mean() * (100 if m in PERCENT else 1) for m in metrics]
     rows = examples.group_by(by).agg(pl.len().alias("n"), *scale).sort(by)
     rows = rows.rename({by: "subtask"}).with_columns(pl.col("n").cast(pl.Int64))
-    avg = rows.select(
-        pl.lit("average").alias("subtask"), pl.col("n").sum(), *[pl.col(m).mean() for m in metrics]
-    )
-    return pl.concat([rows, avg])
+    if average == "micro":
+        avg = examples.select(
+            pl.lit("average").alias("subtask"), pl.len().cast(pl.Int64).alias("n"), *scale
+        )
+    else:
+        avg = rows.select(
+            pl.lit("average").alias("subtask"),
+            pl.col("n").sum(),
+            *[pl.col(m).mean() for m in metrics],
+        )
+    return pl.concat([rows, avg.cast(rows.schema)])

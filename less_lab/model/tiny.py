@@ -1,4 +1,5 @@
-"""A tiny tokenizer and a tiny random Llama, built in-process in well under a second.
+"""A tiny tokenizer and tiny random models (Llama, and every architecture the tests cover),
+built in-process in well under a second.
 
 Why: unit tests and teaching notebooks need a real ``transformers`` model and tokenizer
 (same classes, same code paths as SmolLM2) without downloading anything and without the
@@ -120,6 +121,54 @@ def tiny_llama(
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         model = LlamaForCausalLM(config)
+    model.to(torch.float32)
+    model.eval()
+    return model
+
+
+_DIMS = {"hidden_size": 64, "num_hidden_layers": 2, "num_attention_heads": 4}
+_GQA = {**_DIMS, "intermediate_size": 128, "num_key_value_heads": 2}
+TINY_ARCHITECTURES: dict[str, tuple[str, dict]] = {
+    "llama": ("LlamaForCausalLM", _GQA),
+    "mistral": ("MistralForCausalLM", _GQA),
+    "qwen2": ("Qwen2ForCausalLM", _GQA),
+    "gemma": ("GemmaForCausalLM", {**_GQA, "head_dim": 16}),
+    # soft-capping at 1 (Gemma2 ships 30): large enough an effect on tiny logits that a
+    # loss skipping it is caught
+    "gemma2": ("Gemma2ForCausalLM", {**_GQA, "head_dim": 16, "final_logit_softcapping": 1.0}),
+    "phi3": ("Phi3ForCausalLM", _GQA),
+    "phi": ("PhiForCausalLM", {**_DIMS, "intermediate_size": 128}),
+    "gpt_neox": ("GPTNeoXForCausalLM", {**_DIMS, "intermediate_size": 128}),
+    "gpt2": ("GPT2LMHeadModel", {"n_embd": 64, "n_layer": 2, "n_head": 4, "n_positions": 512}),
+    "opt": ("OPTForCausalLM", {**_DIMS, "ffn_dim": 128, "word_embed_proj_dim": 64}),
+    "falcon": ("FalconForCausalLM", _DIMS),
+    "cohere": ("CohereForCausalLM", _GQA),  # logits * logit_scale (0.0625)
+    "granite": ("GraniteForCausalLM", {**_GQA, "logits_scaling": 8.0}),  # logits / 8
+}
+"""``model_type`` -> (``transformers`` class, tiny config) of the architectures the tests
+cover (README "Models and tokenizers covered")."""
+
+
+def tiny_causal_lm(model_type: str, tokenizer: PreTrainedTokenizerFast, seed: int = 0):
+    """A randomly initialised fp32 2-layer model of architecture ``model_type`` (a key of
+    :data:`TINY_ARCHITECTURES`) sized for ``tokenizer``, in eval mode, built offline from
+    its config. Same seed, same weights."""
+    import transformers
+
+    if model_type not in TINY_ARCHITECTURES:
+        raise ValueError(f"no tiny {model_type!r}; known: {', '.join(TINY_ARCHITECTURES)}")
+    class_name, dims = TINY_ARCHITECTURES[model_type]
+    model_class = getattr(transformers, class_name)
+    config = model_class.config_class(
+        vocab_size=len(tokenizer),
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+        **dims,
+    )
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = model_class(config)
     model.to(torch.float32)
     model.eval()
     return model

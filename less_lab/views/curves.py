@@ -126,10 +126,11 @@ class SimilarityCurveView(View):
 
     def update(self) -> None:
         shown = self.shown()
-        self._draw(plots.similarity_curve_figure(self.scores, shown))
+        curves = frames.similarity_curves(self.scores, shown)
+        self._draw(plots.similarity_curve_figure(self.scores, shown, curves=curves))
         rows = []
         for name in shown:
-            s = frames.sorted_similarities(self.scores, name)
+            s = curves[name]
             if not len(s):
                 rows.append([esc(name), "0"] + ["–"] * 4)
                 continue

@@ -29,11 +29,22 @@ def esc(value: object) -> str:
     return html.escape("" if value is None else str(value), quote=True)
 
 
-def html_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+TABLE_ROWS = 200
+"""Rows a table shows at most; the rest are counted in a last line (a page at a time)."""
+
+
+def html_table(
+    header: Sequence[str], rows: Sequence[Sequence[str]], *, max_rows: int = TABLE_ROWS
+) -> str:
     """A table from header labels and cells that are ALREADY safe HTML: build each cell
-    with :func:`esc` (or ``fmt``) around every piece of data."""
+    with :func:`esc` (or ``fmt``) around every piece of data. Only the first ``max_rows``
+    rows are sent; a last line says how many more there are."""
     head = "".join(f"<th>{h}</th>" for h in header)
-    body = "".join("<tr>" + "".join(f"<td>{c}</td>" for c in row) + "</tr>" for row in rows)
+    shown = rows[:max_rows]
+    body = "".join("<tr>" + "".join(f"<td>{c}</td>" for c in row) + "</tr>" for row in shown)
+    if len(rows) > len(shown):
+        more = f"… {len(rows) - len(shown):,} more rows (first {len(shown):,} shown)"
+        body += f'<tr><td colspan="{max(len(header), 1)}"><i>{more}</i></td></tr>'
     return f'{TABLE_STYLE}<table class="less-lab-table"><tr>{head}</tr>{body}</table>'
 
 

@@ -27,12 +27,22 @@ from less_lab.views.frames import (
     MAX_SUBTASK,
     selected_lengths,
     selections_with_pool,
-    sorted_similarities,
+    similarity_curves,
     spearman,
     subset_shares,
     subtasks_of,
     top_examples,
     with_examples,
+)
+from less_lab.views.scale import (
+    BOX_POINTS,
+    CURVE_POINTS,
+    MAX_GROUPS,
+    SCATTER_POINTS,
+    box_stats,
+    curve_points,
+    fold_groups,
+    sample_rows,
 )
 
 HISTORY_COLUMNS = ("epoch", "step", "lr")
@@ -100,14 +110,17 @@ def top_examples_figure(
     negative: bool = False,
     *,
     tokenized: pl.DataFrame | None = None,
+    rows: pl.DataFrame | None = None,
 ) -> go.Figure:
     """Bars of the ``n`` top (or lowest) scores for ``subtask`` (None: max over subtasks),
     best first; hover shows the (escaped) example text. Bars are coloured by pool source
     with one trace per source, so the legend says which colour is which source; the x axis
-    keeps the rank order across traces."""
-    rows = with_examples(top_examples(scores, subtask, n, negative), pool, tokenized)
+    keeps the rank order across traces. ``rows``: the ranked rows with their text
+    (``with_examples`` of ``top_examples``), when the caller has them already."""
+    if rows is None:
+        rows = with_examples(top_examples(scores, subtask, n, negative), pool, tokenized)
     sources = pool["source"] if "source" in pool.columns else rows["source"]
-    colors = _colors(sources.drop_nulls().to_list())
+    colors = _colors(sources.drop_nulls().unique().to_list())
     fig = go.Figure()
     for source in rows["source"].unique(maintain_order=True):
         part = rows.filter(pl.col("source").eq_missing(source))
@@ -184,11 +197,18 @@ def subset_distribution_figure(
     pool: pl.DataFrame,
     by: str = "source",
     include_pool: bool = False,
+    *,
+    max_groups: int = MAX_GROUPS,
 ) -> go.Figure:
     """Stacked bars: share of each pool ``by`` group in each method's selection (one trace
-    per group, x = methods; appendix K.3)."""
+    per group, x = methods; appendix K.3). Beyond ``max_groups`` groups, the smallest (by
+    count over all methods) are summed into one ``(other)`` bar."""
     shares = subset_shares(selections, pool, by, include_pool)
     methods = list(selections_with_pool(selections, pool, include_pool))
+    totals = (
+        shares.group_by(by).agg(pl.col("count").sum()).sort(["count", by], descending=[True, False])
+    )
+    shares = fold_groups(shares, by, totals[by].to_list(), max_groups)
     fig = go.Figure()
     for group in sorted(shares[by].unique().to_list()):
         part = dict(shares.filter(pl.col(by) == group).select("method", "share").iter_rows())
@@ -212,13 +232,20 @@ def length_bias_figure(
     tokenized_pool: pl.DataFrame,
     column: str = "n_completion_tokens",
     include_pool: bool = False,
+    *,
+    max_points: int = BOX_POINTS,
 ) -> go.Figure:
     """One box per method of its selected examples' completion lengths (mean marked):
-    the dot product favours short completions, cosine much less (Table 13)."""
+    the dot product favours short completions, cosine much less (Table 13). A method
+    with more than ``max_points`` lengths is sent as its box statistics only."""
     data = selected_lengths(selections, tokenized_pool, column, include_pool)
     fig = go.Figure()
     for method in selections_with_pool(selections, tokenized_pool, include_pool):
         part = data.filter(pl.col("method") == method)
+        if part.height > max_points:
+            stats = {k: [v] for k, v in box_stats(part["length"].to_numpy()).items()}
+            fig.add_trace(go.Box(name=esc(method), x=[esc(method)], boxmean=True, **stats))
+            continue
         fig.add_trace(
             go.Box(
                 y=part["length"].to_list(),
@@ -237,13 +264,21 @@ def length_bias_figure(
 
 
 def norm_vs_length_figure(
-    stats: pl.DataFrame, tokenized_pool: pl.DataFrame, column: str = "n_completion_tokens"
+    stats: pl.DataFrame,
+    tokenized_pool: pl.DataFrame,
+    column: str = "n_completion_tokens",
+    *,
+    max_points: int = SCATTER_POINTS,
 ) -> go.Figure:
     """Gradient norm (Figure 3) and Adam-update norm ``feature_norm`` (Figure 4) against
-    completion length; titles give Spearman's rho (negative: short examples weigh more)."""
+    completion length; titles give Spearman's rho (negative: short examples weigh more),
+    over every example; beyond ``max_points`` examples a seeded sample is drawn."""
     data = stats.join(tokenized_pool.select("example_id", column), on="example_id", how="inner")
     specs = [("grad_norm", "‖∇ℓ‖ (gradient norm)"), ("feature_norm", "‖Γ‖ (update norm)")]
     titles = [f"{label}, ρ = {spearman(data[column], data[col]):+.2f}" for col, label in specs]
+    if data.height > max_points:
+        data = sample_rows(data, max_points)
+        titles = [f"{t} ({max_points:,} of the examples drawn)" for t in titles]
     fig = make_subplots(rows=1, cols=2, subplot_titles=titles, horizontal_spacing=0.1)
     hover = [esc(i) for i in data["example_id"]]
     for k, (col, label) in enumerate(specs, start=1):
@@ -304,16 +339,23 @@ def loss_accuracy_figure(
 
 
 def similarity_curve_figure(
-    scores: pl.DataFrame, subtasks: Sequence[str] | None = None
+    scores: pl.DataFrame,
+    subtasks: Sequence[str] | None = None,
+    *,
+    max_points: int = CURVE_POINTS,
+    curves: Mapping[str, np.ndarray] | None = None,
 ) -> go.Figure:
     """Every pool example's similarity to each target subtask, sorted descending (appendix
     J, Figure 9): a few high scores, a sharp drop, then a smooth decline, maybe below 0.
-    ``subtasks`` may include :data:`MAX_SUBTASK` for the aggregated score."""
+    ``subtasks`` may include :data:`MAX_SUBTASK` for the aggregated score. A curve longer
+    than ``max_points`` keeps its top ranks and its last, evenly spaced ranks between
+    (``scale.curve_points``); ``curves`` passes already sorted curves by name."""
     names = subtasks_of(scores) if subtasks is None else list(subtasks)
+    curves = similarity_curves(scores, names) if curves is None else curves
     fig = go.Figure()
     for name in names:
-        s = sorted_similarities(scores, name)
-        fig.add_trace(go.Scatter(x=np.arange(1, len(s) + 1), y=s, mode="lines", name=esc(name)))
+        x, y = curve_points(curves[name], max_points)
+        fig.add_trace(go.Scatter(x=x, y=y, mode="lines", name=esc(name)))
     fig.add_hline(y=0, line_dash="dot", line_color="gray")
     fig.update_xaxes(title="pool examples, by decreasing score")
     fig.update_yaxes(title="score")

@@ -41,8 +41,8 @@ class TopExamplesView(View):
     ):
         self.scores, self.pool, self.tokenized = scores, pool, tokenized
         self.text_chars = text_chars
-        self._messages = frames.messages_by_id(pool)
-        n_max = max(n, min(100, scores["example_id"].n_unique()))
+        n_max = max(n, min(100, scores.height if scores.height > 10_000 else
+                               scores["example_id"].n_unique()))  # fmt: skip
         self.controls = {
             "subtask": dropdown("subtask", [MAX_SUBTASK, *frames.subtasks_of(scores)]),
             "direction": W.ToggleButtons(options=["top", "negative"], value="top", style=BUTTONS),
@@ -64,7 +64,7 @@ class TopExamplesView(View):
         self.frame = frames.with_examples(rows, self.pool, self.tokenized)
         self._draw(
             plots.top_examples_figure(
-                self.scores, self.pool, c["subtask"], c["n"], negative, tokenized=self.tokenized
+                self.scores, self.pool, c["subtask"], c["n"], negative, rows=self.frame
             )
         )
         unit = "tokens" if self.tokenized is not None else "chars"
@@ -102,8 +102,9 @@ class TopExamplesView(View):
             info = (
                 f" · rank {fmt(r['rank'])} · score {fmt(r['score'], '+.4f')} · {esc(r['source'])}"
             )
+        messages = frames.messages_for(self.pool, [example_id]).get(example_id)
         self.detail.value = f"<div><b>{esc(example_id)}</b>{info}</div>" + conversation_html(
-            self._messages.get(example_id)
+            messages
         )
 
 
@@ -123,7 +124,7 @@ class NeighborsView(View):
             raise ValueError("neighbors_by_target is empty: compute neighbors for a target first")
         self.neighbors, self.pool, self.targets = neighbors_by_target, pool, targets
         self.text_chars = text_chars
-        self._messages = frames.messages_by_id(pool)
+        self._messages: dict[str, list] = {}
         self._target_messages = frames.messages_by_id(targets)
         subtask = (
             dict(zip(targets["example_id"], targets["subtask"], strict=True))
@@ -144,12 +145,14 @@ class NeighborsView(View):
             self._target_messages.get(target)
         )
         self._draw(plots.neighbors_figure(by_method, self.pool))
-        frames = {m: plots.with_source(f, self.pool).sort("rank") for m, f in by_method.items()}
-        depth = max((f.height for f in frames.values()), default=0)
+        ranked = {m: plots.with_source(f, self.pool).sort("rank") for m, f in by_method.items()}
+        shown = [i for f in ranked.values() for i in f["example_id"].to_list()]
+        self._messages = frames.messages_for(self.pool, shown)
+        depth = max((f.height for f in ranked.values()), default=0)
         rows = []
         for k in range(depth):
-            rows.append([fmt(k + 1)] + [self._cell(f, k) for f in frames.values()])
-        self.table.value = html_table(["rank", *(esc(m) for m in frames)], rows)
+            rows.append([fmt(k + 1)] + [self._cell(f, k) for f in ranked.values()])
+        self.table.value = html_table(["rank", *(esc(m) for m in ranked)], rows)
 
     def _cell(self, frame: pl.DataFrame, k: int) -> str:
         if k >= frame.height:

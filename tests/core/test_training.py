@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import math
+from dataclasses import replace
 
 import polars as pl
 import pytest
@@ -10,9 +12,10 @@ import torch
 from safetensors.torch import load_file
 
 from less_lab.config import LoraSettings, TrainConfig
+from less_lab.core import training
 from less_lab.core.training import Checkpoint, load_adapter, lr_at, train_lora
 from less_lab.data.batching import IGNORE
-from less_lab.model.lora import add_lora
+from less_lab.model.lora import add_lora, canonical_name
 from less_lab.model.tiny import tiny_llama
 
 
@@ -83,15 +86,101 @@ def test_moments_saved_equal_optimizer_state(tiny_tokenizer, tmp_path):
     assert int(first["step"]) == ckpts[0].step
 
 
-def test_lr_schedule_warmup_then_linear_decay():
-    cfg = TrainConfig(learning_rate=1.0, warmup_ratio=0.1)
-    assert lr_at(0, 100, cfg) == pytest.approx(0.1)
-    assert lr_at(9, 100, cfg) == pytest.approx(1.0)
-    assert lr_at(10, 100, cfg) == pytest.approx(1.0)
-    assert lr_at(55, 100, cfg) == pytest.approx(0.5)
-    cos = TrainConfig(learning_rate=1.0, warmup_ratio=0.1, lr_scheduler="cosine")
-    assert lr_at(55, 100, cos) == pytest.approx(0.5)
-    assert lr_at(99, 100, cos) < 0.01
+def _hf_lrs(total: int, ratio: float, kind: str, peak: float) -> list[float]:
+    """The learning rate of every optimizer step under transformers' scheduler, driven as
+    the HF Trainer drives it (``scheduler.step()`` after each ``optimizer.step()``)."""
+    from transformers import get_cosine_schedule_with_warmup, get_linear_schedule_with_warmup
+
+    opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=peak)
+    warm = math.ceil(ratio * total)  # TrainingArguments.get_warmup_steps
+    make = get_linear_schedule_with_warmup if kind == "linear" else get_cosine_schedule_with_warmup
+    sched = make(opt, num_warmup_steps=warm, num_training_steps=total)
+    out = []
+    for _ in range(total):
+        out.append(opt.param_groups[0]["lr"])
+        opt.step()
+        sched.step()
+    return out
+
+
+@pytest.mark.parametrize("kind", ["linear", "cosine"])
+@pytest.mark.parametrize(
+    ("total", "ratio"), [(1, 0.03), (4, 0.03), (9, 0.0), (10, 0.25), (100, 0.1), (37, 0.5)]
+)
+def test_lr_at_equals_hf_schedulers(total, ratio, kind):
+    cfg = TrainConfig(learning_rate=2e-5, warmup_ratio=ratio, lr_scheduler=kind)
+    want = _hf_lrs(total, ratio, kind, 2e-5)
+    assert [lr_at(s, total, cfg) for s in range(total)] == pytest.approx(want, rel=1e-12, abs=0)
+
+
+def test_training_steps_with_the_hf_learning_rates(tiny_tokenizer, tmp_path, monkeypatch):
+    seen = []
+    step = training._optimizer_step
+
+    def spy(model, optimizer, *args):
+        seen.append(optimizer.param_groups[0]["lr"])
+        return step(model, optimizer, *args)
+
+    monkeypatch.setattr(training, "_optimizer_step", spy)
+    cfg = replace(CFG, warmup_ratio=0.25)
+    _, ckpts = _train(tiny_tokenizer, tmp_path / "w", cfg)
+    want = _hf_lrs(9, 0.25, "linear", cfg.learning_rate)  # 3 epochs x ceil(12 / 5)
+    assert seen == pytest.approx(want, rel=1e-12, abs=0)
+    assert seen[0] == 0.0  # HF's warmup starts at zero
+    assert [c.lr for c in ckpts] == pytest.approx([sum(want[i : i + 3]) / 3 for i in (0, 3, 6)])
+
+
+def _hand_step(model, data: pl.DataFrame, average: str):
+    """Loss and LoRA gradients of one step, one example at a time, by the definition."""
+    model.zero_grad()
+    per_example, tokens = [], []
+    for ids, labels in zip(data["input_ids"], data["labels"], strict=True):
+        logits = model(input_ids=torch.tensor([ids])).logits[0, :-1].float()
+        target = torch.tensor(labels[1:])
+        keep = target != IGNORE
+        losses = torch.nn.functional.cross_entropy(logits[keep], target[keep], reduction="none")
+        per_example.append(losses.mean())
+        tokens.append(losses)
+    if average == "example":
+        loss = torch.stack(per_example).mean()
+    else:
+        loss = torch.cat(tokens).mean()
+    loss.backward()
+    grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad}
+    model.zero_grad()
+    return float(loss.detach()), grads
+
+
+@pytest.mark.parametrize("average", ["example", "token"])
+def test_step_loss_and_moments_follow_loss_average(tiny_tokenizer, tmp_path, average):
+    data = tiny_data(6)  # completion lengths 2..7: the two averages differ
+    cfg = replace(
+        CFG, epochs=1, batch_size=6, token_budget=16, loss_average=average,
+        lora=LoraSettings(r=2, alpha=4, dropout=0.0),
+    )  # fmt: skip
+    model = add_lora(tiny_llama(tiny_tokenizer, seed=0), cfg.lora, seed=cfg.seed)
+    with torch.no_grad():  # non-zero B, so every LoRA weight has a gradient
+        for n, p in model.named_parameters():
+            if "lora_B" in n:
+                p.normal_(0, 0.1, generator=torch.Generator().manual_seed(1))
+    model.train()
+    want_loss, want_grads = _hand_step(model, data, average)
+    other_loss, _ = _hand_step(model, data, "token" if average == "example" else "example")
+    assert abs(want_loss - other_loss) > 1e-4  # the test can tell them apart
+    (ckpt,) = train_lora(model, data, cfg, tmp_path / average, pad_id=tiny_tokenizer.pad_token_id,
+                         progress=False)  # fmt: skip
+    assert ckpt.train_loss == pytest.approx(want_loss, rel=1e-5)
+    state = ckpt.adam_state()  # one step: exp_avg = (1 - beta1) x gradient
+    for n, g in want_grads.items():
+        torch.testing.assert_close(
+            state.exp_avg[canonical_name(n)], (1 - cfg.betas[0]) * g, rtol=1e-4, atol=1e-9
+        )
+
+
+def test_loss_average_is_validated():
+    assert TrainConfig().loss_average == "example"
+    with pytest.raises(ValueError, match="loss_average"):
+        TrainConfig(loss_average="sequence")
 
 
 def test_resume_after_interruption_equals_uninterrupted(tiny_tokenizer, tmp_path):

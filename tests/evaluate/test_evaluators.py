@@ -56,14 +56,17 @@ def test_normalize_answer():
 
 @pytest.mark.parametrize(
     ("text", "answer"),
-    [
+    [  # open-instruct: re.search(r"So the answer is (.*?)\.", output), else first block
         ("Let's think step by step. 1 + 1 = 2. So the answer is (B).", "(B)"),
-        ("So the answer is (A). Wait, no. So the answer is (C).", "(C)"),  # last marker
+        ("So the answer is (A). Wait, no. So the answer is (C).", "(A)"),  # FIRST marker
         ("So the answer is True.\n\nQ: next?\nA: So the answer is False.", "True"),
         ("So the answer is 12.\nThen more text", "12"),
         ("So the answer is  ] )  . ", "] )"),
+        ("So the answer is 3.5.", "3"),  # up to the first period
+        ("So the answer is (A)\nSo the answer is (B).", "(B)"),  # no period on the line
+        ("So the answer is valid", "So the answer is valid"),  # no period: no match
         ("valid", "valid"),  # no marker: the whole first block
-        ("  -42.  \n\nQ: x", "-42"),
+        ("  -42.  \n\nQ: x", "-42."),  # the fallback keeps the period
         ("So the answer is apple banana cherry.", "apple banana cherry"),
         ("", ""),
     ],
@@ -72,13 +75,15 @@ def test_parse_bbh_answer(text, answer):
     assert metrics.parse_bbh_answer(text) == answer
 
 
-def test_bbh_match_exact_and_lenient():
+def test_bbh_match_open_instruct_and_strict():
+    # evaluate's exact_match(ignore_case=True, ignore_punctuation=True): no whitespace fix
     assert metrics.bbh_match("(A)", "(A)")
-    assert not metrics.bbh_match("A", "(A)")
-    assert metrics.bbh_match("A", "(A)", lenient=True)
-    assert metrics.bbh_match("]  )", "] )")
-    assert not metrics.bbh_match("true", "True")
-    assert metrics.bbh_match("true", "True", lenient=True)
+    assert metrics.bbh_match("A", "(A)") and metrics.bbh_match("true", "True")
+    assert not metrics.bbh_match("]  )", "] )")  # "  " != " " once punctuation is gone
+    assert not metrics.bbh_match(" valid", "valid")
+    assert not metrics.bbh_match("A", "(A)", strict=True)
+    assert not metrics.bbh_match("true", "True", strict=True)
+    assert metrics.bbh_match("]  )", "] )", strict=True)
 
 
 @pytest.mark.parametrize(
@@ -124,6 +129,9 @@ def test_summarize_macro_average_and_percent():
     assert out["n"].to_list() == [3, 2, 5]
     assert out["accuracy"].to_list() == pytest.approx([100 / 3, 50.0, (100 / 3 + 50) / 2])
     assert out["loss"].to_list() == pytest.approx([3.0, 3.0, 3.0])
+    micro = metrics.summarize(ex, ["accuracy", "loss"], average="micro")
+    assert micro["accuracy"].to_list() == pytest.approx([100 / 3, 50.0, 40.0])  # 2 of 5
+    assert micro["n"].to_list() == [3, 2, 5]
 
 
 # --------------------------------------------------------------------------- model helpers
@@ -219,8 +227,12 @@ def test_mmlu_prompt_and_scoring(tiny_model, tiny_tokenizer, tmp_path):
                            "y": [wrong[pred[4]], wrong[pred[5]]]})  # fmt: skip
     summary = ev.evaluate_mmlu(tiny_model, tiny_tokenizer, tmp_path, k=2, progress=False)
     assert summary["subtask"].to_list() == ["high_school_x", "y", "average"]
-    assert summary["accuracy"].to_list() == pytest.approx([75.0, 0.0, 37.5])
+    # open-instruct's average_acc: the mean over all 6 questions (3 right), not over subjects
+    assert summary["accuracy"].to_list() == pytest.approx([75.0, 0.0, 50.0])
     assert summary["n"].to_list() == [4, 2, 6]
+    macro = ev.evaluate_mmlu(tiny_model, tiny_tokenizer, tmp_path, k=2, progress=False,
+                             average="macro")  # fmt: skip
+    assert macro["accuracy"].to_list() == pytest.approx([75.0, 0.0, 37.5])
 
 
 def test_mmlu_subsample_is_deterministic(tmp_path):
@@ -330,7 +342,17 @@ def test_squad_span_qa(tiny_model, tiny_tokenizer, tmp_path):
         f"{TYDIQA_INSTRUCTION}\n\nPassage: A dog writes.\nQuestion: Who writes?\nAnswer: "
         "A dog\n\nPassage: The cat reads a book.\nQuestion: Who reads?\nAnswer:"
     )
-    assert out["prompt"][2].startswith(f"{TYDIQA_INSTRUCTION}\n\nPassage: My friend")
+    # each language in open-instruct's template for it (finnish has no shot: zero-shot)
+    assert out["prompt"][2] == (
+        "Vastaa seuraavaan kysymykseen annetun kappaleen tiedon perusteella.\n\n"
+        "Kappale: My friend counts.\nKysymys: Who?\nVastaus:"
+    )
+    english = ev.evaluate_squad(tiny_model, tiny_tokenizer, path, shots=shots,
+                                max_new_tokens=1, per_language=False, progress=False,
+                                return_examples=True)  # fmt: skip
+    assert english["prompt"][2] == (
+        f"{TYDIQA_INSTRUCTION}\n\nPassage: My friend counts.\nQuestion: Who?\nAnswer:"
+    )
     for row in out.iter_rows(named=True):
         assert "\n" not in row["prediction"]
         assert row["f1"] == metrics.squad_f1(row["prediction"], row["golds"])
@@ -374,7 +396,8 @@ def test_gsm8k(tiny_model, tiny_tokenizer, tmp_path):
         ev.evaluate_gsm8k(tiny_model, tiny_tokenizer, bad, n_shot=0, progress=False)
 
 
-def test_truthfulqa_mc2(tiny_model, tiny_tokenizer, tmp_path):
+@pytest.mark.parametrize("space", [False, True])
+def test_truthfulqa_mc2(tiny_model, tiny_tokenizer, tmp_path, space):
     rows = [
         {
             "question": "Is the sky green?",
@@ -389,11 +412,12 @@ def test_truthfulqa_mc2(tiny_model, tiny_tokenizer, tmp_path):
     path = tmp_path / "tqa.json"
     path.write_text(json.dumps(rows))  # a JSON array (JSONL also accepted)
     out = ev.evaluate_truthfulqa_mc2(tiny_model, tiny_tokenizer, path, progress=False,
-                                     return_examples=True)  # fmt: skip
+                                     leading_space=space, return_examples=True)  # fmt: skip
     assert out["subtask"].to_list() == ["Science", "truthfulqa"]
     for r, got in zip(rows, out["mc2"], strict=True):
         p = _tulu_prompt_ids(tiny_tokenizer, f"Q: {r['question']}\nA:")
-        enc = [tiny_tokenizer(c, add_special_tokens=False)["input_ids"]
+        # default: "{choice}" opens the assistant turn; open-instruct's " {choice}" on request
+        enc = [tiny_tokenizer(" " * space + c, add_special_tokens=False)["input_ids"]
                for c in r["mc2_targets"]["choices"]]  # fmt: skip
         ll = [_plain_loglik(tiny_model, p + c, len(p)) for c in enc]
         probs = [math.exp(x) for x in ll]

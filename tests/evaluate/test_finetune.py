@@ -13,6 +13,7 @@ import torch
 from less_lab.config import DataConfig, LoraSettings, TrainConfig
 from less_lab.data.formatting import tokenize
 from less_lab.evaluate import finetune as ft
+from less_lab.evaluate.evaluators import task_eval
 from less_lab.evaluate.inference import heldout_loss
 from less_lab.model.lora import add_lora
 from less_lab.model.tiny import tiny_llama
@@ -103,7 +104,7 @@ def test_killed_run_resumes_and_equals_uninterrupted(tiny_model, tiny_tokenizer,
         return {"val_loss": float(heldout_loss(model, val, progress=False)["loss"][-1])}
 
     full = ft.finetune(tiny_model, tiny_tokenizer, _frame(8), real, CFG, tmp_path / "a", DATA,
-                       progress=False)  # fmt: skip
+                       metric="val_loss", progress=False)  # fmt: skip
     calls = {"n": 0}
 
     def crashing(model) -> dict:
@@ -114,7 +115,7 @@ def test_killed_run_resumes_and_equals_uninterrupted(tiny_model, tiny_tokenizer,
 
     with pytest.raises(RuntimeError, match="killed"):
         ft.finetune(tiny_model, tiny_tokenizer, _frame(8), crashing, CFG, tmp_path / "b", DATA,
-                    progress=False)  # fmt: skip
+                    metric="val_loss", progress=False)  # fmt: skip
     # epoch 2 was checkpointed but never evaluated; epoch 3 never trained
     assert (tmp_path / "b" / "epoch-2" / "state.json").exists()
     assert not (tmp_path / "b" / "epoch-2" / ft.METRICS_FILE).exists()
@@ -122,7 +123,7 @@ def test_killed_run_resumes_and_equals_uninterrupted(tiny_model, tiny_tokenizer,
     stamps = _mtimes(tmp_path / "b")
     calls["n"] = 10
     resumed = ft.finetune(tiny_model, tiny_tokenizer, _frame(8), crashing, CFG, tmp_path / "b",
-                          DATA, progress=False)  # fmt: skip
+                          DATA, metric="val_loss", progress=False)  # fmt: skip
     assert calls["n"] == 12  # epoch 2 (from its checkpoint) and epoch 3; epoch 1 was cached
     assert {p: t for p, t in _mtimes(tmp_path / "b").items() if p in stamps} == stamps
     assert resumed.history["val_loss"].to_list() == pytest.approx(
@@ -132,11 +133,36 @@ def test_killed_run_resumes_and_equals_uninterrupted(tiny_model, tiny_tokenizer,
     assert full.history["val_loss"][2] < full.history["val_loss"][0]  # it does learn
 
 
-def test_validation_fn_is_heldout_loss_on_targets(tiny_model, tiny_tokenizer):
+def test_validation_fn_is_heldout_loss_and_task_score_on_targets(tiny_model, tiny_tokenizer):
     targets = _frame(5, offset=30)
     fn = ft.validation_fn(tiny_tokenizer, targets, data_cfg=DATA)
     want = heldout_loss(tiny_model, tokenize(targets, tiny_tokenizer, DATA)[0], progress=False)
-    assert fn(tiny_model) == {"val_loss": pytest.approx(want["loss"][-1])}
+    score = task_eval(targets, data_cfg=DATA)(tiny_model, tiny_tokenizer)
+    assert fn(tiny_model) == {
+        "val_loss": pytest.approx(want["loss"][-1]),
+        "val_score": pytest.approx(ft.frame_metrics(score)["score"]),
+    }
+    loss_only = ft.validation_fn(tiny_tokenizer, targets, data_cfg=DATA, performance=False)
+    assert set(loss_only(tiny_model)) == {"val_loss"}
+
+
+class Disagreeing(Scripted):
+    """Validation loss and performance that disagree (appendix I): loss is lowest at
+    epoch 3, the score highest at epoch 2."""
+
+    def __call__(self, model) -> dict:
+        self.calls += 1
+        return {"val_loss": [3.0, 2.0, 1.0][self.calls - 1],
+                "val_score": [10.0, 40.0, 20.0][self.calls - 1]}  # fmt: skip
+
+
+def test_best_epoch_by_validation_performance_by_default(tiny_model, tiny_tokenizer, tmp_path):
+    res = ft.finetune(tiny_model, tiny_tokenizer, _frame(8), Disagreeing([]), CFG,
+                      tmp_path / "ft", DATA, progress=False)  # fmt: skip
+    assert res.metric == "val_score" and res.best_epoch == 2
+    by_loss = ft.finetune(tiny_model, tiny_tokenizer, _frame(8), Disagreeing([]), CFG,
+                          tmp_path / "ft", DATA, metric="val_loss", progress=False)  # fmt: skip
+    assert by_loss.metric == "val_loss" and by_loss.best_epoch == 3
 
 
 def test_peft_base_model_is_copied_and_unwrapped(tiny_tokenizer, tmp_path):
