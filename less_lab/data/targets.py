@@ -45,6 +45,7 @@ from less_lab.data.readers import (
     is_hf_dataset,
     is_hf_dataset_dir,
 )
+from less_lab.data.tydiqa import TYDIQA_TEMPLATES, tydiqa_prompt
 
 TASKS = ("bbh", "mmlu", "tydiqa")
 TARGET_SCHEMA = {
@@ -56,7 +57,7 @@ TARGET_SCHEMA = {
 }
 MMLU_SHOTS = 5
 """Dev rows used per MMLU subject (the LESS validation set: 57 subjects x 5)."""
-TYDIQA_INSTRUCTION = "Answer the following question based on the information in the given passage."
+TYDIQA_INSTRUCTION = TYDIQA_TEMPLATES["english"][0]
 _LAYOUTS = {
     "bbh": ("bbh-three-shot.json", "bbh/bbh-three-shot.json"),
     "tydiqa": ("tydiqa-one-shot.json", "tydiqa/tydiqa-one-shot.json"),
@@ -301,7 +302,8 @@ def _read_mmlu(files: list[Path]) -> list[dict]:
 
 
 def _read_tydiqa(path: Path) -> list[dict]:
-    """One example per record: passage + question, completion = first answer."""
+    """One example per record: passage + question in the record language's open-instruct
+    template (as the reference's ``get_tydiqa_dataset``), completion = first answer."""
     data, text = _object_of(path, "language: [records]")
     rows = []
     for lang, records in data.items():
@@ -320,7 +322,7 @@ def _read_tydiqa(path: Path) -> list[dict]:
                 what = f"language {lang!r} record {j} lacks context/question/answers[0].text"
                 expected = "strings and a non-empty answer"
                 raise DataError(what, path=path, line=line, expected=expected)
-            prompt = f"{TYDIQA_INSTRUCTION}\n\n{qa_block(context, question)}"
+            prompt = tydiqa_prompt(lang, context, question)  # the language's own template
             rows.append(_row(f"tydiqa_{lang}_{j}", "tydiqa", lang, prompt, answer.strip()))
     return rows
 

@@ -25,8 +25,8 @@ from less_lab.data.evalsets import (
     question_frame,
     squad_rows,
     subsample,
-    tydiqa_prompt,
 )
+from less_lab.data.tydiqa import tydiqa_prompt
 from less_lab.errors import DataError
 from less_lab.evaluate.inference import encode_prompts, generate
 from less_lab.evaluate.metrics import (
@@ -163,7 +163,7 @@ def squad_examples(
     per_language: bool = True,
 ) -> pl.DataFrame:
     """The span QA questions (``example_id, subtask, prompt, answer, golds``) in
-    open-instruct's prompt (``evalsets.tydiqa_prompt``: the subtask language's template,
+    open-instruct's prompt (``data.tydiqa.tydiqa_prompt``: the subtask language's template,
     up to ``n_shot`` shots of the subtask, then the passage and question), every passage
     cut to ``max_context_tokens`` tokens."""
 

@@ -87,11 +87,17 @@ def test_tydiqa_one_example_per_language(eval_dir: Path) -> None:
     assert "english" in frame["subtask"] and "finnish" in frame["subtask"]
     user, completion = _pair(frame, "tydiqa_finnish_0")
     assert completion == "Kigali"
+    # the record language's open-instruct template, as the reference's get_tydiqa_dataset
     assert user == (
-        "Answer the following question based on the information in the given passage.\n\n"
-        "Passage:  Vuodesta 2006 alkaen Ruanda on jaettu neljään maakuntaan, Pohjoinen, Etelä, "
+        "Vastaa seuraavaan kysymykseen annetun kappaleen tiedon perusteella.\n\n"
+        "Kappale:  Vuodesta 2006 alkaen Ruanda on jaettu neljään maakuntaan, Pohjoinen, Etelä, "
         "Itä ja Länsi. Lisäksi pääkaupunki Kigali muodostaa oman hallintoalueensa.[2]\n"
-        "Question: Mikä on Ruandan pääkaupunki?\nAnswer:"
+        "Kysymys: Mikä on Ruandan pääkaupunki?\nVastaus:"
+    )
+    english, _ = _pair(frame, "tydiqa_english_0")
+    assert english.startswith(
+        "Answer the following question based on the information in the given passage.\n\n"
+        "Passage: "
     )
 
 

@@ -10,7 +10,7 @@ import json
 import polars as pl
 import pytest
 
-from less_lab.data import evalsets
+from less_lab.data import tydiqa
 from less_lab.data.targets import TARGET_SCHEMA
 from less_lab.evaluate import evaluators as ev
 from less_lab.evaluate import generation_evals
@@ -69,20 +69,20 @@ def test_bbh_as_open_instruct_scores_it(tiny_model, tiny_tokenizer, tmp_path, mo
 
 def test_tydiqa_prompt_is_open_instructs_per_language():
     shots = [("Kappale yksi.", "Mikä?", "Yksi")]
-    got = evalsets.tydiqa_prompt("finnish", "Koira juoksee.", "Kuka juoksee?", shots)
+    got = tydiqa.tydiqa_prompt("finnish", "Koira juoksee.", "Kuka juoksee?", shots)
     # open-instruct: prompt + "\n\n" + "\n\n".join(demos) + "\n\n" + p c \n q x \n + a_template
     assert got == (
         "Vastaa seuraavaan kysymykseen annetun kappaleen tiedon perusteella.\n\n"
         "Kappale: Kappale yksi.\nKysymys: Mikä?\nVastaus: Yksi\n\n"
         "Kappale: Koira juoksee.\nKysymys: Kuka juoksee?\nVastaus:"
     )
-    assert evalsets.tydiqa_prompt("swahili", "c", "q").startswith(
+    assert tydiqa.tydiqa_prompt("swahili", "c", "q").startswith(
         "Jibu swali lifuatalo kulingana na habari kwenye kifungu kilichotolewa.\n\nKifungu: c"
     )
-    english = evalsets.tydiqa_prompt("finnish", "c", "q", per_language=False)
+    english = tydiqa.tydiqa_prompt("finnish", "c", "q", per_language=False)
     assert english.endswith("\n\nPassage: c\nQuestion: q\nAnswer:")
-    assert evalsets.tydiqa_prompt("all", "c", "q") == english  # SQuAD sets: English
-    assert sorted(evalsets.TYDIQA_TEMPLATES) == sorted(
+    assert tydiqa.tydiqa_prompt("all", "c", "q") == english  # SQuAD sets: English
+    assert sorted(tydiqa.TYDIQA_TEMPLATES) == sorted(
         ["english", "arabic", "bengali", "finnish", "indonesian", "korean", "russian",
          "swahili", "telugu"]
     )  # fmt: skip
