@@ -29,15 +29,14 @@ from pathlib import Path
 
 import polars as pl
 import torch
-from safetensors.torch import save_file
+from datastore_throughput import fake_checkpoint  # noqa: E402  (same folder)
 from transformers import LlamaConfig, LlamaForCausalLM
 
 from less_lab.config import GradientConfig, LoraSettings
 from less_lab.core.pipeline import extract_store
 from less_lab.core.plan import ModelShape, plan
-from less_lab.core.training import Checkpoint
 from less_lab.data.batching import IGNORE
-from less_lab.model.lora import add_lora, canonical_name
+from less_lab.model.lora import add_lora
 
 HERE = Path(__file__).resolve().parent
 SHAPE_7B = {"hidden_size": 4096, "intermediate_size": 11008, "num_attention_heads": 32}
@@ -71,24 +70,6 @@ def llama(
         with torch.device(device):  # the meta device left its buffers empty
             model.model.rotary_emb.__init__(cfg)
     return model.eval(), cfg
-
-
-def fake_checkpoint(model, path: Path) -> Checkpoint:
-    """A checkpoint with random Adam moments (memory does not depend on their values)."""
-    gen = torch.Generator().manual_seed(0)
-    tensors = {}
-    for name, p in model.named_parameters():
-        if p.requires_grad:
-            key = canonical_name(name)
-            tensors[f"{key}.exp_avg"] = torch.randn(p.shape, generator=gen) * 1e-4
-            tensors[f"{key}.exp_avg_sq"] = torch.rand(p.shape, generator=gen) * 1e-8
-    path.mkdir(parents=True, exist_ok=True)
-    model.save_pretrained(path / "adapter", save_embedding_layers=False)
-    save_file(tensors, path / "optimizer.safetensors")
-    (path / "state.json").write_text(
-        '{"epoch": 1, "step": 100, "lr": 2e-5, "betas": [0.9, 0.999], "eps": 1e-8}'
-    )
-    return Checkpoint.load(path)
 
 
 def pool_lengths(path: Path = HERE / "pool_lengths.json") -> tuple[list[int], float]:

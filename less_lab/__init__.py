@@ -43,6 +43,8 @@ _LAZY = {
     "paper_table": "less_lab.compare",
     "demo_configs": "less_lab.demo",
     "run_demo": "less_lab.demo",
+    "ReferenceRun": "less_lab.reference_run",
+    "export_reference": "less_lab.reference_run",
     # data
     "read_pool": "less_lab.data.pool",
     "stratified_sample": "less_lab.data.pool",
@@ -65,6 +67,9 @@ _LAZY = {
     "train_lora": "less_lab.core.training",
     "load_adapter": "less_lab.core.training",
     "stats_frame": "less_lab.core.datastore",
+    "import_hf_checkpoint": "less_lab.core.hf_import",
+    "read_reference_selection": "less_lab.core.reference",
+    "scan_reference": "less_lab.core.reference_files",
     "plan": "less_lab.core.plan",
     "per_example_gradients": "less_lab.core.gradients",
     "to_features": "less_lab.core.gradients",

@@ -8,6 +8,7 @@ views themselves never see a ``Lab``.
 
 from __future__ import annotations
 
+import warnings
 from typing import Any
 
 import polars as pl
@@ -25,6 +26,10 @@ def reliability(lab: Any, target: str) -> Reliability | None:
     pool_stores = lab.datastore("pool")
     if pool_stores[0].meta["projection"]["kind"] == "none":
         return None
+    why = reliability_unavailable(pool_stores[0])
+    if why is not None:
+        warnings.warn(f"{target}: split-half reliability unavailable: {why}", stacklevel=2)
+        return None
     return split_half(
         pool_stores,
         lab.datastore(target),
@@ -33,6 +38,21 @@ def reliability(lab: Any, target: str) -> Reliability | None:
         lab.score_cfg,
         lab.select_cfg,
     )
+
+
+def reliability_unavailable(store: Any) -> str | None:
+    """Why split-half reliability cannot be measured on ``store`` (None when it can):
+    it needs a projection whose column halves are independent sketches (every kind
+    less_lab builds, and the reference's Rademacher projection) and at least 2 columns."""
+    proj = store.meta.get("projection") or {}
+    if proj.get("kind") in (None, "unknown"):
+        return (
+            f"{store.path}: the projection that made these features is not recorded, so "
+            "its halves cannot be assumed independent"
+        )
+    if store.dim < 2:
+        return f"{store.path}: d={store.dim} is too small to split"
+    return None
 
 
 def diagnostics(lab: Any, target: str, selection: Selection | None = None, *, adam_sample: int = 8):

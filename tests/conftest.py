@@ -159,3 +159,35 @@ def make_store():
         )
 
     return make
+
+
+@pytest.fixture
+def make_tiny_lab(tiny_model, tiny_tokenizer):
+    """``make_tiny_lab(run_dir, **configs)``: a Lab on the tiny model with seconds-sized
+    settings (2 warmup epochs on 30% of the pool, LoRA r=2, d=256, k=5), nothing loaded."""
+    from less_lab import (
+        DataConfig,
+        GradientConfig,
+        LoraSettings,
+        SelectConfig,
+        TrainConfig,
+        WarmupConfig,
+    )
+    from less_lab.lab import Lab
+
+    def make(run_dir, **changes):
+        train = TrainConfig(
+            epochs=2, batch_size=4, learning_rate=1e-3, lora=LoraSettings(r=2, alpha=4)
+        )
+        configs = {
+            "data": DataConfig(max_length=64),
+            "warmup": WarmupConfig(fraction=0.3, train=train),
+            "gradients": GradientConfig(proj_dim=256),
+            "select": SelectConfig(k=5),
+            **changes,
+        }
+        lab = Lab(run_dir, progress=False, **configs)
+        lab.use_model(tiny_model, tiny_tokenizer)
+        return lab
+
+    return make

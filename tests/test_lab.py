@@ -8,13 +8,8 @@ import polars as pl
 import pytest
 
 from less_lab import (
-    DataConfig,
-    GradientConfig,
-    LoraSettings,
     ScoreConfig,
     SelectConfig,
-    TrainConfig,
-    WarmupConfig,
 )
 from less_lab.data.demo_pool import demo_pool, demo_targets
 from less_lab.errors import ConfigError, DataError, SettingsMismatchError
@@ -22,28 +17,15 @@ from less_lab.lab import Lab
 from less_lab.overrides import build_configs
 
 
-def _lab(tmp_path, tiny_model, tiny_tokenizer) -> Lab:
-    lab = Lab(
-        tmp_path / "run",
-        data=DataConfig(max_length=64),
-        warmup=WarmupConfig(
-            fraction=0.3,
-            train=TrainConfig(
-                epochs=2, batch_size=4, learning_rate=1e-3, lora=LoraSettings(r=2, alpha=4)
-            ),
-        ),
-        gradients=GradientConfig(proj_dim=256),
-        select=SelectConfig(k=5),
-        progress=False,
-    )
-    lab.use_model(tiny_model, tiny_tokenizer)
+def _lab(tmp_path, make_tiny_lab) -> Lab:
+    lab = make_tiny_lab(tmp_path / "run")
     lab.set_pool(demo_pool().head(30))
     lab.add_target("demo", demo_targets())
     return lab
 
 
-def test_lab_select_diagnostics_and_repr(tmp_path, tiny_model, tiny_tokenizer):
-    lab = _lab(tmp_path, tiny_model, tiny_tokenizer)
+def test_lab_select_diagnostics_and_repr(tmp_path, make_tiny_lab):
+    lab = _lab(tmp_path, make_tiny_lab)
     sel = lab.select("demo")
     top = sel.frame
     assert top.height == 5 and top["score"].is_sorted(descending=True)
@@ -61,8 +43,8 @@ def test_lab_select_diagnostics_and_repr(tmp_path, tiny_model, tiny_tokenizer):
     assert isinstance(lab.scores("demo"), pl.DataFrame)
 
 
-def test_scoring_variants_write_their_own_selection(tmp_path, tiny_model, tiny_tokenizer):
-    lab = _lab(tmp_path, tiny_model, tiny_tokenizer)
+def test_scoring_variants_write_their_own_selection(tmp_path, make_tiny_lab):
+    lab = _lab(tmp_path, make_tiny_lab)
     cosine = lab.select("demo").frame
     here = lab.selection_dir("demo")
     written = (here / "selection.parquet").read_bytes()
@@ -97,10 +79,8 @@ def test_cli_set_overrides_nested_fields():
 # ------------------------------------------------------------ refusals, before any work
 
 
-def test_run_settings_are_recorded_once_and_a_changed_warmup_is_refused(
-    tmp_path, tiny_model, tiny_tokenizer
-):
-    lab = _lab(tmp_path, tiny_model, tiny_tokenizer)
+def test_run_settings_are_recorded_once_and_a_changed_warmup_is_refused(tmp_path, make_tiny_lab):
+    lab = _lab(tmp_path, make_tiny_lab)
     assert not lab.layout.lab_json.exists()  # nothing ran yet: nothing recorded
     lab.warmup()
     recorded = lab.layout.lab_json.read_text()

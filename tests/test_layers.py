@@ -21,7 +21,15 @@ import pytest
 PACKAGE = Path(__file__).resolve().parents[1] / "less_lab"
 BASE = {"config", "overrides", "errors", "layout", "_io", "_version"}
 SUBPACKAGES = {"data": 1, "model": 2, "core": 3, "checks": 4, "evaluate": 4, "views": 5}
-FACADE = {"compare": 6, "inspection": 6, "lab": 7, "demo": 8, "cli": 9, "__main__": 10}
+FACADE = {
+    "compare": 6,
+    "inspection": 6,
+    "reference_run": 7,
+    "lab": 7,
+    "demo": 8,
+    "cli": 9,
+    "__main__": 10,
+}
 VIEWS_MUST_NOT_IMPORT = (
     "less_lab.core.datastore",
     "less_lab.core.pipeline",

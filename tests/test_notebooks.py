@@ -47,7 +47,13 @@ from notebook_utils import (
 
 SLOW = {"01_quickstart", "02_qualitative_tables", "04_loss_vs_accuracy"}
 """Notebooks that train SmolLM2 (over 60 s on two CPU cores when nothing is cached)."""
-EXPECTED = ["01_quickstart", "02_qualitative_tables", "03_teaching", "04_loss_vs_accuracy"]
+EXPECTED = [
+    "01_quickstart",
+    "02_qualitative_tables",
+    "03_teaching",
+    "04_loss_vs_accuracy",
+    "05_explore_an_existing_run",
+]
 PACKAGE_HELPERS = {"stratified", "stratified_sample", "spearman", "correlation", "top_k"}
 """Helpers ``less_lab`` owns (``stratified_sample``, ``frames.spearman``, ``correlation``,
 ``top_k``): a notebook uses them, never a second copy of its own."""
@@ -172,6 +178,11 @@ def test_notebooks_import_the_public_api():
 def test_notebook_runs(path: Path, notebook_env, request, monkeypatch):
     if path.stem.startswith("02"):
         monkeypatch.setenv(DATA_DIR_ENV, str(request.getfixturevalue("shared_data")))
+    if path.stem.startswith("05"):  # a synthetic run in exactly the reference's layout
+        from reference_tree import write_reference_run
+
+        tree = write_reference_run(request.getfixturevalue("tmp_path") / "reference")
+        monkeypatch.setenv("LESS_LAB_REFERENCE_RUN", str(tree["root"]))
     nb, seconds = execute_notebook(path)
     out_dir = REPO_ROOT / "artifacts" / "executed"
     out_dir.mkdir(parents=True, exist_ok=True)

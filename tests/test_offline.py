@@ -9,15 +9,9 @@ import socket
 import pytest
 
 from less_lab import (
-    DataConfig,
-    GradientConfig,
     LoraSettings,
-    SelectConfig,
-    TrainConfig,
-    WarmupConfig,
 )
 from less_lab.data.demo_pool import demo_pool, demo_targets
-from less_lab.lab import Lab
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -49,24 +43,10 @@ def test_network_is_blocked_here(no_network) -> None:
     assert no_network
 
 
-def test_demo_stages_open_no_connection(tmp_path, tiny_model, tiny_tokenizer, no_network):
-    lab = Lab(
-        tmp_path / "run",
-        model="smollm2-135m",
-        data=DataConfig(max_length=64),
-        warmup=WarmupConfig(
-            fraction=0.3,
-            train=TrainConfig(
-                epochs=2, batch_size=4, learning_rate=1e-3, lora=LoraSettings(r=2, alpha=4)
-            ),
-        ),
-        gradients=GradientConfig(proj_dim=256),
-        select=SelectConfig(k=5),
-        progress=False,
-    )
+def test_demo_stages_open_no_connection(tmp_path, tiny_model, make_tiny_lab, no_network):
     # What a model loaded by name carries: PEFT looks this id up on the hub when saving.
     tiny_model.name_or_path = "smollm2-135m"
-    lab.use_model(tiny_model, tiny_tokenizer)
+    lab = make_tiny_lab(tmp_path / "run")
     lab.set_pool(demo_pool().head(40))
     lab.add_target("demo", demo_targets())
     assert len(lab.warmup()) == 2

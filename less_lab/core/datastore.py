@@ -345,7 +345,9 @@ def finish_store(path: str | Path) -> Store:
             f"{p['features']} / {p['stats']}: rows {corrupt[:20]} do not match their "
             f"checksum in {p['crc']}; build again to compute them anew"
         )
-    bad_stats = np.flatnonzero(~np.isfinite(np.asarray(stats)).all(1)).tolist()
+    # Stats an imported store cannot know (``unknown_stats``, left NaN) flag nothing.
+    known = [j for j, c in enumerate(STAT_COLUMNS) if c not in settings.get("unknown_stats", ())]
+    bad_stats = np.flatnonzero(~np.isfinite(np.asarray(stats)[:, known]).all(1)).tolist()
     bad = [ids[i] for i in sorted(set(bad_feats) | set(bad_stats))]
     if bad:
         warnings.warn(

@@ -96,8 +96,7 @@ def test_tydiqa_one_example_per_language(eval_dir: Path) -> None:
     )
     english, _ = _pair(frame, "tydiqa_english_0")
     assert english.startswith(
-        "Answer the following question based on the information in the given passage.\n\n"
-        "Passage: "
+        "Answer the following question based on the information in the given passage.\n\nPassage: "
     )
 
 
