@@ -313,7 +313,7 @@ class SelectConfig(_Validated):
                     f"select.k={self.k}: expected at most the pool size ({n})", key="select.k"
                 )
             return self.k
-        return max(1, math.ceil(self.fraction * n))  # as core.selection.selection_size
+        return max(1, math.ceil(self.fraction * n))
 
 
 def to_dict(cfg: Any) -> dict[str, Any]:

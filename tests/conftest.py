@@ -191,3 +191,20 @@ def make_tiny_lab(tiny_model, tiny_tokenizer):
         return lab
 
     return make
+
+
+@pytest.fixture
+def nonzero_lora_b():
+    """``nonzero_lora_b(peft, seed=0)``: the PEFT model in eval mode with its LoRA B
+    matrices drawn at random (they start at zero, which would give A no gradient)."""
+    import torch
+
+    def randomize(peft, seed: int = 0):
+        gen = torch.Generator().manual_seed(seed)
+        with torch.no_grad():
+            for name, p in peft.named_parameters():
+                if "lora_B" in name:
+                    p.copy_(torch.randn(p.shape, generator=gen) * 0.05)
+        return peft.eval()
+
+    return randomize

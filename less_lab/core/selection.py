@@ -16,14 +16,11 @@ from less_lab.data.pool import write_jsonl
 
 
 def selection_size(n: int, cfg: SelectConfig) -> int:
-    """How many examples ``cfg`` asks for out of ``n`` (``k`` wins over ``fraction``)."""
-    if cfg.k is not None:
-        if cfg.k < 1:
-            raise ValueError(f"k must be >= 1, got {cfg.k}")
-        return min(cfg.k, n)
-    if cfg.fraction is None or not 0 < cfg.fraction <= 1:
-        raise ValueError(f"fraction must be in (0, 1], got {cfg.fraction}")
-    return max(1, math.ceil(cfg.fraction * n))
+    """How many of ``n`` scored examples ``cfg`` asks for: ``SelectConfig.size``'s rule
+    (``k`` wins, else the fraction rounded up), with ``k`` capped at ``n`` because ``n``
+    counts the finitely scored examples, which can be fewer than the pool that
+    ``SelectConfig.size`` checked ``k`` against."""
+    return min(cfg.k, n) if cfg.k is not None else cfg.size(n)
 
 
 def select_top(scores: pl.DataFrame, cfg: SelectConfig = SelectConfig()) -> pl.DataFrame:

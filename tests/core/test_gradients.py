@@ -13,14 +13,9 @@ from less_lab.data.batching import IGNORE, collate, token_budget_batches
 from less_lab.model.lora import add_lora, block_names, block_shapes, example_losses, lora_modules
 
 
-def _lora_model(model, r=4, seed=0):
+def _lora_model(randomize, model, r=4, seed=0):
     peft = add_lora(model, LoraSettings(r=r, alpha=2 * r, dropout=0.1), seed=seed)
-    gen = torch.Generator().manual_seed(seed)
-    with torch.no_grad():  # LoRA B starts at zero; make it non-zero so A gets gradients
-        for name, p in peft.named_parameters():
-            if "lora_B" in name:
-                p.copy_(torch.randn(p.shape, generator=gen) * 0.05)
-    return peft.eval()
+    return randomize(peft, seed)
 
 
 def _examples(n_vocab: int, seed: int = 0):
@@ -46,8 +41,8 @@ def _batch1_grads(model, ids, labels, pad_id):
     return out
 
 
-def test_batched_gradients_equal_batch_one_backward(tiny_model, tiny_tokenizer):
-    model = _lora_model(tiny_model)
+def test_batched_gradients_equal_batch_one_backward(nonzero_lora_b, tiny_model, tiny_tokenizer):
+    model = _lora_model(nonzero_lora_b, tiny_model)
     pad = tiny_tokenizer.pad_token_id
     ids, labels = _examples(len(tiny_tokenizer))
     modules = lora_modules(model)
@@ -64,8 +59,8 @@ def test_batched_gradients_equal_batch_one_backward(tiny_model, tiny_tokenizer):
     torch.testing.assert_close(losses, single.detach(), rtol=1e-5, atol=1e-6)
 
 
-def test_gradients_do_not_depend_on_batch_composition(tiny_model, tiny_tokenizer):
-    model = _lora_model(tiny_model)
+def test_gradients_do_not_depend_on_batch_composition(nonzero_lora_b, tiny_model, tiny_tokenizer):
+    model = _lora_model(nonzero_lora_b, tiny_model)
     pad = tiny_tokenizer.pad_token_id
     ids, labels = _examples(len(tiny_tokenizer), seed=1)
     modules = lora_modules(model)
@@ -122,8 +117,8 @@ def test_sign_and_sgd_features():
         to_features(g, ["x"], "adam", GradientConfig())
 
 
-def test_block_layout_names_and_shapes(tiny_model):
-    model = _lora_model(tiny_model, r=3)
+def test_block_layout_names_and_shapes(nonzero_lora_b, tiny_model):
+    model = _lora_model(nonzero_lora_b, tiny_model, r=3)
     modules = lora_modules(model)
     names, shapes = block_names(modules), block_shapes(modules)
     assert names[0] == "model.layers.0.self_attn.q_proj.lora_A.weight"
@@ -146,13 +141,15 @@ def test_token_budget_batches_cover_every_row_once():
     ("feature", "projection"),
     [("adam", "sparse_sign"), ("adam", "rademacher"), ("sgd", "none"), ("sign", "sparse_sign")],
 )
-def test_block_wise_features_equal_whole_vector(tiny_model, tiny_tokenizer, feature, projection):
+def test_block_wise_features_equal_whole_vector(
+    nonzero_lora_b, tiny_model, tiny_tokenizer, feature, projection
+):
     """The streamed build (each block projected as backward produces it) equals the plain
     definition: whole (b, P) gradient -> features -> one projection of the whole vector."""
     from less_lab.core.gradients import iter_features, squared_norms
     from less_lab.core.projection import make_projector
 
-    model = _lora_model(tiny_model)
+    model = _lora_model(nonzero_lora_b, tiny_model)
     pad = tiny_tokenizer.pad_token_id
     ids, labels = _examples(len(tiny_tokenizer), seed=2)
     modules = lora_modules(model)
@@ -180,10 +177,10 @@ def test_block_wise_features_equal_whole_vector(tiny_model, tiny_tokenizer, feat
     torch.testing.assert_close(got.loss, losses, rtol=0, atol=0)
 
 
-def test_stream_gradients_hands_over_each_block_once(tiny_model, tiny_tokenizer):
+def test_stream_gradients_hands_over_each_block_once(nonzero_lora_b, tiny_model, tiny_tokenizer):
     from less_lab.core.gradients import stream_gradients
 
-    model = _lora_model(tiny_model)
+    model = _lora_model(nonzero_lora_b, tiny_model)
     ids, labels = _examples(len(tiny_tokenizer))
     modules = lora_modules(model)
     seen = []

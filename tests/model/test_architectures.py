@@ -45,14 +45,9 @@ ARCHS = sorted(TINY_ARCHITECTURES)
 LORA = LoraSettings(r=4, alpha=8, dropout=0.1)
 
 
-def _lora_model(arch: str, tokenizer, seed: int = 0):
+def _lora_model(randomize, arch: str, tokenizer, seed: int = 0):
     peft = add_lora(tiny_causal_lm(arch, tokenizer, seed=seed), LORA, seed=seed)
-    gen = torch.Generator().manual_seed(seed)
-    with torch.no_grad():  # LoRA B starts at zero; make it non-zero so A gets gradients
-        for name, p in peft.named_parameters():
-            if "lora_B" in name:
-                p.copy_(torch.randn(p.shape, generator=gen) * 0.05)
-    return peft.eval()
+    return randomize(peft, seed)
 
 
 def _examples(n_vocab: int, seed: int = 0):
@@ -91,8 +86,8 @@ def test_lora_targets_are_exactly_the_attention_projections(arch, tiny_tokenizer
 
 
 @pytest.mark.parametrize("arch", ARCHS)
-def test_completion_loss_equals_the_models_own_loss(arch, tiny_tokenizer):
-    model = _lora_model(arch, tiny_tokenizer)
+def test_completion_loss_equals_the_models_own_loss(nonzero_lora_b, arch, tiny_tokenizer):
+    model = _lora_model(nonzero_lora_b, arch, tiny_tokenizer)
     ids, labels = _examples(len(tiny_tokenizer))
     batch = collate(ids, labels, tiny_tokenizer.pad_token_id)
     with torch.no_grad():
@@ -107,8 +102,8 @@ def test_completion_loss_equals_the_models_own_loss(arch, tiny_tokenizer):
 
 
 @pytest.mark.parametrize("arch", ARCHS)
-def test_batched_gradients_equal_batch_one_autograd(arch, tiny_tokenizer):
-    model = _lora_model(arch, tiny_tokenizer, seed=1)
+def test_batched_gradients_equal_batch_one_autograd(nonzero_lora_b, arch, tiny_tokenizer):
+    model = _lora_model(nonzero_lora_b, arch, tiny_tokenizer, seed=1)
     ids, labels = _examples(len(tiny_tokenizer), seed=1)
     pad = tiny_tokenizer.pad_token_id
     modules = lora_modules(model)
