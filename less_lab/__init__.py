@@ -5,9 +5,10 @@ Everything a notebook needs is importable from here; heavy modules (torch,
 transformers, plotly) load on first use of a name, so ``import less_lab`` stays cheap.
 
 The package is layered (each subpackage's docstring says what it holds and what it may
-import): base modules (``config``, ``errors``, ``layout``, ``_io``) → ``data`` →
-``model`` → ``core`` → ``checks`` / ``evaluate`` → ``views`` → the facade (``compare``,
-``lab``, ``demo``, ``cli``).
+import): base modules (``config``, ``selection_config``, ``validation``, ``overrides``,
+``errors``, ``layout``, ``_io``) → ``data`` → ``model`` → ``core`` → ``checks`` /
+``evaluate`` → ``views`` → the facade (``compare``, ``inspection``, ``selecting``,
+``explain`` → ``lab`` → ``demo`` → ``cli``).
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ from less_lab.errors import (
     StorageError,
     StoreCorruptError,
 )
-from less_lab.overrides import PRESETS, build_configs
+from less_lab.overrides import PRESETS, REMEDIES, build_configs
 
 _LAZY = {
     # facade
@@ -101,6 +102,12 @@ _LAZY = {
     "frames": "less_lab.views.frames",
     "plots": "less_lab.views.plots",
     "widgets": "less_lab.views.widgets",
+    "token_figure": "less_lab.views.tokens",
+    "token_html": "less_lab.views.tokens",
+    "paired_figure": "less_lab.views.paired",
+    "kind_shares": "less_lab.core.contributions",
+    "module_summary": "less_lab.core.contributions",
+    "beats_random": "less_lab.compare",
     "explore": "less_lab.views.widgets",
     "TopExamplesView": "less_lab.views.widgets",
     "SimilarityCurveView": "less_lab.views.widgets",
@@ -129,6 +136,7 @@ def __dir__() -> list[str]:
 __all__ = [
     "__version__",
     "PRESETS",
+    "REMEDIES",
     "DataConfig",
     "GradientConfig",
     "LoraSettings",

@@ -23,8 +23,10 @@ import sys
 from dataclasses import replace
 from pathlib import Path
 
+import polars as pl
+
 from less_lab._io import write_parquet
-from less_lab.compare import METHODS, compare, paper_table
+from less_lab.compare import METHODS, beats_random, check_method, compare, load_runs, paper_table
 from less_lab.config import TrainConfig
 from less_lab.core import distributed
 from less_lab.core.plan import LLAMA2_7B, ModelShape, plan
@@ -33,14 +35,15 @@ from less_lab.errors import ConfigError, LessLabError
 from less_lab.evaluate.evaluators import EvalFn, make_eval
 from less_lab.lab import Lab
 from less_lab.model.device import DTYPES
-from less_lab.overrides import PRESETS, build_configs, parse_value, replace_path
+from less_lab.overrides import PRESETS, REMEDIES, build_configs, parse_value, replace_path
+from less_lab.views.paired import paired_figure
 
 STAGES = ("warmup", "datastore", "score", "select", "run")
 
 
 def make_lab(args: argparse.Namespace) -> Lab:
     """A Lab from the stage flags: configs (preset + ``--set``), pool and targets."""
-    c = build_configs(args.set, preset=args.preset)
+    c = build_configs(args.set, preset=args.preset, remedies=args.remedy)
     lab = Lab(
         args.run_dir,
         model=args.model,
@@ -150,8 +153,20 @@ def _add_run_flags(p: argparse.ArgumentParser) -> None:
 def _add_config_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--preset", default="paper", choices=sorted(PRESETS))
     p.add_argument("--set", action="append", default=[], metavar="SECTION.FIELD=VALUE")
+    _add_remedy_flag(p)
     p.add_argument("--quiet", action="store_true")
     p.add_argument("--debug", action="store_true", help="show tracebacks of known errors")
+
+
+def _add_remedy_flag(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--remedy",
+        action="append",
+        default=[],
+        choices=sorted(REMEDIES),
+        help="a named remedy on top of the preset (repeatable): "
+        + "; ".join(f"{k}: {', '.join(v)}" for k, v in REMEDIES.items()),
+    )
 
 
 def _add_stage_commands(sub) -> None:
@@ -164,7 +179,14 @@ def _add_compare_command(sub) -> None:
     """``less-lab compare``: the stage flags plus the comparison's."""
     p = sub.add_parser("compare", help="LESS vs baselines: select, fine-tune, evaluate")
     _add_run_flags(p)
-    p.add_argument("--methods", nargs="+", default=list(METHODS), choices=[*METHODS, "full"])
+    p.add_argument(
+        "--methods",
+        nargs="+",
+        default=list(METHODS),
+        type=check_method,
+        help=f"{', '.join(METHODS)}, full, or a LESS variant less+REMEDY[+REMEDY] "
+        f"(remedies: {', '.join(REMEDIES)})",
+    )
     p.add_argument("--fraction", type=float, default=0.05)
     p.add_argument("--k", type=int, default=None, help="exact selection size (wins over fraction)")
     p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
@@ -239,7 +261,21 @@ def run_compare_command(args: argparse.Namespace) -> int:
         metrics = ["val_loss", *[m for m in shown if any(m.startswith(f"{e}_") for e in evals)]]
         print(f"== {name}")
         print(paper_table(table, metrics))
+        out = args.out_dir / name if args.out_dir else lab.layout.compare_dir(name)
+        if "random" in args.methods and len(args.seeds) >= 2:
+            _print_beats_random(out)
     return 0
+
+
+def _print_beats_random(out: Path) -> None:
+    """The paired-vs-random table, and its figure as ``beats_random.html`` (offline: the
+    plotly script is written beside it)."""
+    table, diffs = beats_random(load_runs(out))
+    with pl.Config(tbl_cols=-1, tbl_width_chars=200, fmt_str_lengths=40):
+        print("Paired differences against random (mean over seeds, 95% t interval):")
+        print(table)
+    paired_figure(diffs).write_html(out / "beats_random.html", include_plotlyjs="directory")
+    print(f"figure: {out / 'beats_random.html'}")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -32,8 +32,10 @@ import polars as pl
 from less_lab._io import write_json, write_parquet
 from less_lab.config import SelectConfig, TrainConfig, fingerprint, record_settings, to_dict
 from less_lab.core import baselines
+from less_lab.core.paired import SHAPE, beats_random_table, paired_differences
 from less_lab.core.scoring import aggregate
 from less_lab.core.selection import select_top, selection_size
+from less_lab.errors import ConfigError
 from less_lab.evaluate.evaluators import EvalFn
 from less_lab.evaluate.finetune import (
     clean_copy,
@@ -43,6 +45,7 @@ from less_lab.evaluate.finetune import (
     validation_fn,
 )
 from less_lab.model.device import model_device, model_dtype
+from less_lab.overrides import remedy_settings
 
 METHODS = ("less", "random", "bm25", "dsir", "rds")
 DETERMINISTIC = frozenset({"bm25", "rds", "full"})
@@ -54,13 +57,32 @@ def base_model_copy(lab) -> Any:
     return clean_copy(lab.loaded_model())
 
 
+def check_method(method: str) -> str:
+    """A method name ``compare`` knows: a baseline, ``full``, ``less`` or ``less+<remedy>``
+    (remedies of ``overrides.REMEDIES``, several joined with ``+``)."""
+    head, *remedies = method.split("+")
+    if head == "less":
+        remedy_settings(remedies)  # refuses an unknown remedy, naming the known ones
+    elif remedies or method not in (*METHODS, "full"):
+        known = ", ".join([*METHODS, "full", "less+<remedy>"])
+        raise ConfigError(f"method {method!r}: expected one of {known}", key="method")
+    return method
+
+
+def is_less(method: str) -> bool:
+    """LESS or a LESS variant (one warmup per seed)."""
+    return method.split("+")[0] == "less"
+
+
 def select(
     lab, target: str, method: str, k: int, seed: int, *, dsir_resample: bool = True
 ) -> pl.DataFrame:
     """``rank, example_id, score, subtask`` of the ``k`` examples ``method`` picks."""
     cfg = SelectConfig(k=k)
-    if method == "less":
-        top = lab.for_warmup_seed(seed).select(target, cfg).frame
+    if is_less(method):
+        variant = lab.with_remedies(*method.split("+")[1:])
+        cfg = replace(variant.select_cfg, k=k)  # keeps the remedy's quotas / de-duplication
+        top = variant.for_warmup_seed(seed).select(target, cfg).frame
     elif method == "full":
         top = (
             lab.pool.select("example_id")
@@ -112,6 +134,7 @@ class _Plan:
     target_tokenizer: Any
     dsir_resample: bool
     token_budget: int
+    val_score: bool = True
 
 
 def _cached_selection(lab, target: str, method: str, seed: int, k: int, run_dir: Path, plan):
@@ -157,6 +180,7 @@ def _run(lab, target: str, method: str, seed: int, k: int, run_dir: Path, plan: 
         data_cfg=lab.data_cfg,
         token_budget=plan.token_budget,
         extra=plan.val_evals,
+        performance=plan.val_score,
     )
     result = finetune(
         lambda: fresh,
@@ -167,7 +191,7 @@ def _run(lab, target: str, method: str, seed: int, k: int, run_dir: Path, plan: 
         run_dir / "train",
         lab.data_cfg,
         metric=plan.val_metric,
-        eval_key=",".join(["val_loss", "val_score", *plan.val_evals]),
+        eval_key=",".join(["val_loss", *(["val_score"] * plan.val_score), *plan.val_evals]),
         progress=lab.progress,
     )
     best = result.history.filter(pl.col("epoch") == result.best_epoch).row(0, named=True)
@@ -185,7 +209,7 @@ def _cells(methods, seeds, include_full: bool, per_seed_warmup: bool, lab_seed: 
     """``(method, seed)`` of every run: deterministic methods once, LESS once per warmup
     seed (or once, on the lab's own warmup, without ``per_seed_warmup``)."""
     for method in [*methods, *(["full"] if include_full else [])]:
-        if method == "less" and not per_seed_warmup:
+        if is_less(method) and not per_seed_warmup:
             yield method, lab_seed
             continue
         for seed in seeds[:1] if method in DETERMINISTIC else seeds:
@@ -204,6 +228,7 @@ def _record(lab, target: str, n: int, out_dir: Path, plan: _Plan, per_seed_warmu
             "pool": fingerprint(sorted(lab.pool["example_id"].to_list())),
             "targets": fingerprint(sorted(lab.targets[target]["example_id"].to_list())),
             "val_metric": plan.val_metric,
+            **({} if plan.val_score else {"val_score": False}),
             "per_seed_warmup": per_seed_warmup,
             "dsir_resample": plan.dsir_resample,
             "target_model": None if tm is None else str(tm if isinstance(tm, str) else type(tm)),
@@ -231,6 +256,7 @@ def compare(
     per_seed_warmup: bool = True,
     dsir_resample: bool = True,
     token_budget: int = 4096,
+    val_score: bool = True,
 ) -> pl.DataFrame:
     """Table 3: one row per method with ``<metric>_mean`` / ``<metric>_std`` over seeds.
 
@@ -242,10 +268,15 @@ def compare(
     ``val_<name>_<metric>`` of ``val_evals``. ``target_model`` (a name, model or factory,
     with ``target_tokenizer``) fine-tunes another model than the selection model (LESS-T).
     ``per_seed_warmup=False`` uses the lab's single warmup for every seed (LESS then runs
-    once). The long per-seed frame is ``out_dir/runs.parquet`` (:func:`load_runs`).
+    once). ``val_score=False`` skips the per-epoch task metric on the target's examples
+    (generation: the dominant cost for BBH on a CPU; then pick epochs by ``val_loss``).
+    The long per-seed frame is ``out_dir/runs.parquet`` (:func:`load_runs`).
     """
     if lab.pool is None or target not in lab.targets:
         raise KeyError(f"the lab needs a pool and target {target!r} (have {list(lab.targets)})")
+    methods = [check_method(m) for m in methods]
+    if val_metric == "val_score" and not val_score:
+        raise ConfigError("val_metric='val_score' needs val_score=True", key="val_metric")
     plan = _Plan(
         train_cfg or lab.warmup_cfg.train,
         dict(evals or {}),
@@ -255,6 +286,7 @@ def compare(
         target_tokenizer,
         dsir_resample,
         token_budget,
+        val_score,
     )
     out_dir = Path(out_dir) if out_dir is not None else lab.layout.compare_dir(target)
     n = selection_size(lab.pool.height, SelectConfig(fraction=fraction, k=k))
@@ -264,6 +296,33 @@ def compare(
         rows.append(_run(lab, target, method, seed, n, out_dir / method / f"seed-{seed}", plan))
         write_parquet(out_dir / "runs.parquet", pl.DataFrame(rows))
     return summary_table(pl.DataFrame(rows))
+
+
+NOT_METRICS = frozenset({"seed", "best_epoch", "n_selected", "train_loss", *SHAPE})
+
+
+def beats_random(
+    runs: pl.DataFrame,
+    metrics: Sequence[str] | None = None,
+    *,
+    baseline: str = "random",
+    confidence: float = 0.95,
+) -> tuple[pl.DataFrame, pl.DataFrame]:
+    """``(table, diffs)``: does each method beat ``baseline``? Paired by seed (a LESS
+    seed is a warmup-subset seed, paired with the random draw of the same seed), the mean
+    difference with a Student-t interval (``core.paired``), on every metric (default:
+    every numeric column of ``runs`` but the selection-shape and bookkeeping ones), with
+    the selection's shape (completion length, top source share, subtasks) beside each
+    row. ``views.paired.paired_figure(diffs)`` draws ``diffs``."""
+    metrics = list(metrics or metric_columns(runs))
+    table = beats_random_table(runs, metrics, baseline=baseline, confidence=confidence)
+    diffs = paired_differences(runs, metrics, baseline=baseline, confidence=confidence)
+    return table, diffs
+
+
+def metric_columns(runs: pl.DataFrame) -> list[str]:
+    """The outcome columns of a runs frame: held-out losses and task metrics."""
+    return [c for c, t in runs.schema.items() if t.is_numeric() and c not in NOT_METRICS]
 
 
 def load_runs(out_dir: str | Path) -> pl.DataFrame:

@@ -11,7 +11,11 @@ Settings also come as text, ``section.field=value`` (the CLI's ``--set``, a note
 list of overrides): ``less_lab.overrides.build_configs`` applies them on top of the
 defaults or of a named preset.
 
-Base layer: imports nothing from less_lab but ``errors`` and ``_io``.
+Scoring and selection settings live in ``selection_config`` (re-exported here), the
+validation machinery in ``validation``.
+
+Base layer: imports nothing from less_lab but ``errors``, ``_io``, ``validation`` and
+``selection_config``.
 """
 
 from __future__ import annotations
@@ -19,20 +23,22 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-import math
-import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
 from less_lab._io import write_json
-from less_lab.errors import ConfigError, SettingsMismatchError
+from less_lab.errors import SettingsMismatchError
+from less_lab.selection_config import ScoreConfig as ScoreConfig  # re-exported: one import
+from less_lab.selection_config import SelectConfig as SelectConfig  # for every config
+from less_lab.validation import Validated, is_fraction, positive
+from less_lab.validation import from_dict as from_dict
 
 ChatFormat = Literal["tulu", "template"]
 Truncation = Literal["prompt_left", "prompt_middle", "right"]
 FeatureKind = Literal["adam", "sgd", "sign"]
 ProjectionKind = Literal["sparse_sign", "rademacher", "trak_basic", "none"]
-ScoreMethod = Literal["paper", "mean_of_shots", "dot"]
+LossTokens = Literal["all", "content"]
 
 
 NOT_RECORDED = {"recorded": False}
@@ -40,82 +46,8 @@ NOT_RECORDED = {"recorded": False}
 of ``to_dict`` (hence of fingerprints, store names and recorded settings)."""
 
 
-class _Validated:
-    """Checks every field against its annotation when the dataclass is built, then the
-    class's own range rules (``_rules``: ``(field, ok(value), what is allowed)``)."""
-
-    def __post_init__(self) -> None:
-        hints = typing.get_type_hints(type(self))
-        for f in dataclasses.fields(self):  # type: ignore[arg-type]
-            value = _coerce(f.name, getattr(self, f.name), hints[f.name])
-            object.__setattr__(self, f.name, value)
-        for name, ok, allowed in self._rules():
-            value = getattr(self, name)
-            if not ok(value):
-                raise ConfigError(f"{name}={value!r}: expected {allowed}", key=name)
-
-    def _rules(self) -> list[tuple[str, Any, str]]:
-        return []
-
-
-def _coerce(name: str, value: Any, hint: Any) -> Any:
-    """``value`` as ``hint`` wants it (int -> float, list -> tuple) or ConfigError."""
-    origin, args = typing.get_origin(hint), typing.get_args(hint)
-    if origin in (typing.Union, getattr(__import__("types"), "UnionType", None)):
-        if value is None and type(None) in args:
-            return None
-        (hint,) = [a for a in args if a is not type(None)]
-        return _coerce(name, value, hint)
-    if origin is Literal:
-        if value not in args:
-            raise ConfigError(
-                f"{name}={value!r}: expected one of {', '.join(map(repr, args))}", key=name
-            )
-        return value
-    if origin is tuple:
-        if not isinstance(value, list | tuple):
-            raise ConfigError(f"{name}={value!r}: expected a list", key=name)
-        if len(args) == 2 and args[1] is Ellipsis:
-            return tuple(_coerce(name, v, args[0]) for v in value)
-        if len(value) != len(args):
-            raise ConfigError(f"{name}={value!r}: expected {len(args)} values", key=name)
-        return tuple(_coerce(name, v, a) for v, a in zip(value, args, strict=True))
-    if hint is bool:
-        if not isinstance(value, bool):
-            raise ConfigError(f"{name}={value!r}: expected true or false", key=name)
-        return value
-    if hint is int:
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise ConfigError(f"{name}={value!r}: expected a whole number", key=name)
-        return value
-    if hint is float:
-        if isinstance(value, bool) or not isinstance(value, int | float):
-            raise ConfigError(f"{name}={value!r}: expected a number", key=name)
-        if not math.isfinite(value):
-            raise ConfigError(f"{name}={value!r}: expected a finite number", key=name)
-        return float(value)
-    if hint is str:
-        if not isinstance(value, str):
-            raise ConfigError(f"{name}={value!r}: expected text", key=name)
-        return value
-    if dataclasses.is_dataclass(hint):
-        if isinstance(value, dict):
-            return from_dict(hint, value)
-        if not isinstance(value, hint):
-            raise ConfigError(f"{name}={value!r}: expected a {hint.__name__}", key=name)
-    return value
-
-
-def _positive(v: Any) -> bool:
-    return v > 0
-
-
-def _fraction(v: Any) -> bool:
-    return 0 < v <= 1
-
-
 @dataclass(frozen=True)
-class DataConfig(_Validated):
+class DataConfig(Validated):
     """How examples become token ids and completion-only labels."""
 
     chat_format: ChatFormat = "tulu"
@@ -134,7 +66,7 @@ class DataConfig(_Validated):
 
 
 @dataclass(frozen=True)
-class LoraSettings(_Validated):
+class LoraSettings(Validated):
     """LoRA adapter shape (appendix A.2: r=128, alpha=512, dropout 0.1, attention only)."""
 
     r: int = 128
@@ -150,15 +82,15 @@ class LoraSettings(_Validated):
 
     def _rules(self):
         return [
-            ("r", _positive, "a rank >= 1"),
-            ("alpha", _positive, "a positive scale"),
+            ("r", positive, "a rank >= 1"),
+            ("alpha", positive, "a positive scale"),
             ("dropout", lambda v: 0 <= v < 1, "a probability in [0, 1)"),
             ("target_modules", lambda v: v and all(map(str.strip, v)), "module names (>= 1)"),
         ]
 
 
 @dataclass(frozen=True)
-class TrainConfig(_Validated):
+class TrainConfig(Validated):
     """LoRA training, used for the warmup and for fine-tuning on a selection."""
 
     epochs: int = 4
@@ -186,19 +118,19 @@ class TrainConfig(_Validated):
 
     def _rules(self):
         return [
-            ("epochs", _positive, "at least 1 epoch (each epoch is one checkpoint)"),
-            ("learning_rate", _positive, "a positive learning rate"),
+            ("epochs", positive, "at least 1 epoch (each epoch is one checkpoint)"),
+            ("learning_rate", positive, "a positive learning rate"),
             ("warmup_ratio", lambda v: 0 <= v < 1, "a fraction in [0, 1)"),
-            ("batch_size", _positive, "at least 1 example per step"),
-            ("token_budget", _positive, "a positive number of tokens"),
+            ("batch_size", positive, "at least 1 example per step"),
+            ("token_budget", positive, "a positive number of tokens"),
             ("weight_decay", lambda v: v >= 0, "a value >= 0"),
             ("betas", lambda v: all(0 <= b < 1 for b in v), "two values in [0, 1)"),
-            ("eps", _positive, "a positive epsilon"),
+            ("eps", positive, "a positive epsilon"),
         ]
 
 
 @dataclass(frozen=True)
-class WarmupConfig(_Validated):
+class WarmupConfig(Validated):
     """The warmup run on a random subset of the pool (§4.1 step 1)."""
 
     fraction: float = 0.05
@@ -208,11 +140,11 @@ class WarmupConfig(_Validated):
     train: TrainConfig = field(default_factory=TrainConfig)
 
     def _rules(self):
-        return [("fraction", _fraction, "a share of the pool in (0, 1]")]
+        return [("fraction", is_fraction, "a share of the pool in (0, 1]")]
 
 
 @dataclass(frozen=True)
-class GradientConfig(_Validated):
+class GradientConfig(Validated):
     """Per-example gradient features and their random projection (§4.1 step 2)."""
 
     proj_dim: int = 8192
@@ -244,6 +176,13 @@ class GradientConfig(_Validated):
     target_feature: FeatureKind = "sgd"
     """Gradient feature of target examples: ``sgd`` (the paper: targets are never
     preconditioned)."""
+    pool_tokens: LossTokens = "all"
+    """Completion tokens whose loss a pool gradient is taken of: ``all`` (paper) or
+    ``content``: without the end-of-sequence / end-of-turn tokens and the chat template's
+    whitespace after them (``data.token_kinds``)."""
+    target_tokens: LossTokens = "all"
+    """The same for target examples. ``content`` is the remedy for one-token answers
+    (multiple choice) whose gradient is mostly their EOS token."""
     sketch_cache_mb: int | None = field(default=None, metadata=NOT_RECORDED)
     """MB of device memory the ``sparse_sign`` sketch may keep its hash tables in (4 bytes
     per non-zero: ``4 x sparse_nnz x P``, 2.1 GB for LoRA r=128 on a 7B model). ``None``
@@ -253,10 +192,10 @@ class GradientConfig(_Validated):
 
     def _rules(self):
         return [
-            ("proj_dim", _positive, "a positive dimension"),
-            ("sparse_nnz", _positive, "at least 1 non-zero per coordinate"),
-            ("token_budget", _positive, "a positive number of tokens"),
-            ("max_batch_examples", _positive, "at least 1 example per batch"),
+            ("proj_dim", positive, "a positive dimension"),
+            ("sparse_nnz", positive, "at least 1 non-zero per coordinate"),
+            ("token_budget", positive, "a positive number of tokens"),
+            ("max_batch_examples", positive, "at least 1 example per batch"),
             (
                 "sketch_cache_mb",
                 lambda v: v is None or v >= 0,
@@ -268,52 +207,21 @@ class GradientConfig(_Validated):
         """The feature kind of ``split`` (``"pool"`` or a target name)."""
         return self.pool_feature if split == "pool" else self.target_feature
 
+    def tokens(self, split: str) -> LossTokens:
+        """Which completion tokens ``split``'s loss keeps (``"pool"`` or a target name)."""
+        return self.pool_tokens if split == "pool" else self.target_tokens
 
-@dataclass(frozen=True)
-class ScoreConfig(_Validated):
-    """Turning features into one score per pool example (§4.2, Eq. 2)."""
-
-    method: ScoreMethod = "paper"
-    """``paper``: cosine with each subtask's mean target gradient (Eq. 2);
-    ``mean_of_shots``: mean over the subtask's shots of per-shot cosines (reference code);
-    ``dot``: unnormalised inner product with the mean target gradient (Table 13)."""
-    aggregate: Literal["max", "mean"] = "max"
-    """Across subtasks: ``max`` (paper) or ``mean``."""
-    normalize_lr: bool = True
-    """Rescale the checkpoint learning-rate weights to sum to one (ranking unchanged)."""
-    chunk_rows: int = 16384
-    """Pool rows read per chunk while scoring: bounds memory on paper-scale stores."""
-
-    def _rules(self):
-        return [("chunk_rows", _positive, "at least 1 row per chunk")]
-
-
-@dataclass(frozen=True)
-class SelectConfig(_Validated):
-    """How many examples to keep."""
-
-    fraction: float | None = 0.05
-    """Share of the pool to select (paper: 5%). Ignored when ``k`` is set."""
-    k: int | None = None
-    """Exact number of examples to select."""
-
-    def _rules(self):
-        return [
-            ("fraction", lambda v: v is None or _fraction(v), "a share of the pool in (0, 1]"),
-            ("k", lambda v: v is None or v >= 1, "at least 1 example"),
-            ("fraction", lambda v: v is not None or self.k is not None, "fraction or k"),
-        ]
-
-    def size(self, n: int) -> int:
-        """How many of ``n`` pool examples to keep (at least 1, the fraction rounded up as
-        ``select_top`` does); ``k > n`` is refused."""
-        if self.k is not None:
-            if self.k > n:
-                raise ConfigError(
-                    f"select.k={self.k}: expected at most the pool size ({n})", key="select.k"
-                )
-            return self.k
-        return max(1, math.ceil(self.fraction * n))
+    def store_key(self, split: str) -> dict[str, Any]:
+        """The recorded settings that name ``split``'s stores: the other split's token
+        choice is left out (a target-only remedy reuses the pool stores), and so is this
+        split's while it is the default ``all`` (stores made before the option existed
+        keep their names)."""
+        key = to_dict(self)
+        mine = "pool_tokens" if split == "pool" else "target_tokens"
+        for name in ("pool_tokens", "target_tokens"):
+            if name != mine or key[name] == "all":
+                key.pop(name)
+        return key
 
 
 def to_dict(cfg: Any) -> dict[str, Any]:
@@ -343,18 +251,6 @@ def fingerprint(obj: Any) -> str:
         obj = to_dict(obj)
     blob = json.dumps(obj, sort_keys=True, separators=(",", ":")).encode()
     return hashlib.sha256(blob).hexdigest()[:16]
-
-
-def from_dict(cls: type, data: dict[str, Any]) -> Any:
-    """Rebuild a (nested) config dataclass from ``to_dict`` output; unknown keys fail."""
-    names = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(data) - names)
-    if unknown:
-        raise ConfigError(
-            f"{cls.__name__} has no field {unknown[0]!r} (fields: {', '.join(sorted(names))})",
-            key=unknown[0],
-        )
-    return cls(**data)  # nested dicts and lists are coerced by the field checks
 
 
 def settings_diff(old: Any, new: Any, prefix: str = "") -> list[str]:

@@ -79,6 +79,95 @@ def planted_skill_shares(
     return pl.DataFrame(rows)
 
 
+DEMO_REMEDIES = (
+    "zscore",
+    "rank",
+    "round_robin",
+    "length_matched",
+    "dedup",
+    "content_targets",
+    "zscore+content_targets",
+    "round_robin+content_targets",
+)
+"""The remedies the demo tries on its own stores (seconds each; ``content_targets``
+re-extracts only the 12 target examples). ``content_tokens`` (pool stores rebuilt) and
+``loss_drop`` are measured by ``benchmarks/remedies_demo.py``."""
+
+
+def target_skill_share(frame: pl.DataFrame, targets: pl.DataFrame) -> float:
+    """Share of a selection's rows whose ``skill`` is one the targets test."""
+    skills = targets["skill"].unique().implode()
+    return float(frame["skill"].is_in(skills).mean() or 0.0)
+
+
+def remedy_row(lab: Lab, name: str, target: str = "demo") -> dict:
+    """One remedy's (``"paper"``: none) selection on the lab's warmup: its share of
+    target-skill picks and, per target subtask, own-skill share in that subtask's top k
+    over the skill's pool share (the issue's two demo targets)."""
+    variant = lab if name == "paper" else lab.with_remedies(*name.split("+"))
+    sel = variant.select(target)
+    shares = planted_skill_shares(
+        variant.subtask_scores(target), lab.pool, lab.targets[target], len(sel)
+    )
+    ratios = shares.with_columns((pl.col("own_share") / pl.col("pool_share")).alias("ratio"))
+    top_sub = sel.frame.group_by("subtask").len().sort("len", descending=True).row(0)
+    return {
+        "remedy": name,
+        "target_skill_share": target_skill_share(sel.frame, lab.targets[target]),
+        "min_subtask_ratio": float(ratios["ratio"].min()),
+        **{f"ratio_{r['subtask']}": r["ratio"] for r in ratios.iter_rows(named=True)},
+        "top_subtask": f"{top_sub[0]} {top_sub[1]}/{len(sel)}",
+    }
+
+
+def remedy_report(lab: Lab, remedies=DEMO_REMEDIES, target: str = "demo") -> pl.DataFrame:
+    """``remedy_row`` for the paper and every remedy, best first (target-skill share,
+    then the weakest subtask's ratio)."""
+    rows = [remedy_row(lab, name, target) for name in ("paper", *remedies)]
+    return pl.DataFrame(rows).sort(
+        ["target_skill_share", "min_subtask_ratio"], descending=True, maintain_order=True
+    )
+
+
+def why_line(long: pl.DataFrame, top: pl.DataFrame, k: int) -> str:
+    """One line on why the paper's max picks what it picks: the subtask whose top-k
+    scores run highest, how much higher than the others', and how many picks it took."""
+    means = (
+        long.sort("score", descending=True)
+        .group_by("subtask")
+        .agg(pl.col("score").head(k).mean())
+        .sort("score", descending=True)
+    )
+    lead, lead_mean = means.row(0)
+    rest = float(means["score"][1:].median() or 0.0)
+    took = top.filter(pl.col("subtask") == lead).height
+    ratio = f"{lead_mean / rest:.1f}x higher" if rest > 0 else "far higher"
+    return (
+        f"{lead} cosines run {ratio} than the other subtasks' (mean of each top {k}: "
+        f"{lead_mean:.3f} vs {rest:.3f}): the max hands it {took} of {top.height} picks"
+    )
+
+
+def _print_remedies(report: pl.DataFrame, why: str) -> None:
+    print("\nRemedies on the same warmup (share of the headline picks with a target skill;")
+    print("per subtask: own skill in its top k over the skill's pool share, want >= 2):")
+    for r in report.iter_rows(named=True):
+        ratios = "  ".join(
+            f"{k[len('ratio_') :]} {v:4.1f}x" for k, v in r.items() if k.startswith("ratio_")
+        )
+        print(
+            f"  {r['remedy']:28s} {r['target_skill_share']:4.0%}   {ratios}   ({r['top_subtask']})"
+        )
+    paper = report.filter(pl.col("remedy") == "paper").row(0, named=True)
+    best = report.filter(pl.col("remedy") != "paper").row(0, named=True)
+    print(
+        f"\nPaper LESS: {paper['target_skill_share']:.0%} target-skill picks. "
+        f"Why: {why}.\nBest remedy: {best['remedy']} ({'--remedy ' + best['remedy']}): "
+        f"{best['target_skill_share']:.0%} target-skill picks, weakest subtask "
+        f"{best['min_subtask_ratio']:.1f}x its pool share."
+    )
+
+
 def _print_per_subtask(shares: pl.DataFrame) -> None:
     k = shares["k"][0]
     print(f"\nPer subtask: share of the subtask's own skill in its top {k} vs the pool:")
@@ -154,12 +243,8 @@ def run_demo(
         lab.subtask_scores("demo"), lab.pool, lab.targets["demo"], len(sel)
     )
     _print_per_subtask(shares)
-    by_sub = top.group_by("subtask").len().sort("len", descending=True).row(0)
-    print(
-        f"The paper's max over subtasks took {by_sub[1]} of {top.height} picks from "
-        f"{by_sub[0]!r}: subtasks whose cosines run higher dominate the max (see issue "
-        "'selection shape' diagnostics; a balanced selection is the remedy)."
-    )
+    report = remedy_report(lab)
+    _print_remedies(report, why_line(lab.subtask_scores("demo"), top, len(sel)))
     print(f"\nOutputs in {lab.run_dir.resolve()}:")
     for name, path in sel.paths.items():
         print(f"  {name:10s} {path}")

@@ -19,14 +19,13 @@ Facade layer: imports every layer below; nothing below imports it.
 
 from __future__ import annotations
 
-import warnings
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import polars as pl
 
-from less_lab import inspection
+from less_lab import explain, inspection, selecting
 from less_lab._version import __version__
 from less_lab.checks.reliability import Reliability
 from less_lab.compare import compare as run_compare
@@ -43,12 +42,7 @@ from less_lab.config import (
 )
 from less_lab.core import pipeline
 from less_lab.core.datastore import Store
-from less_lab.core.selection import (
-    Selection,
-    select_balanced,
-    select_top,
-    write_selection,
-)
+from less_lab.core.selection import Selection
 from less_lab.core.training import Checkpoint
 from less_lab.data.formatting import check_kept, tokenize
 from less_lab.data.pool import read_pool
@@ -57,6 +51,7 @@ from less_lab.errors import ConfigError, DataError
 from less_lab.evaluate.finetune import clean_copy
 from less_lab.layout import RunLayout, check_name
 from less_lab.model.handle import ModelHandle
+from less_lab.overrides import apply_settings, remedy_settings
 
 RUN_REFUSED = (
     "this run directory was made with other run settings (gradient, scoring and selection "
@@ -199,6 +194,11 @@ class Lab:
         """The selection model with its LoRA adapter (PEFT), loaded on first use."""
         return self._handle.peft(self.warmup_cfg.train.lora, self.warmup_cfg.train.seed)
 
+    @property
+    def model_fingerprint(self) -> str:
+        """What identifies the selection model in recorded settings."""
+        return self._handle.fingerprint
+
     def loaded_model(self):
         """The selection model as it is now (LoRA-wrapped once ``model`` was used), loaded on
         first use: what a clean copy for fine-tuning or RDS states starts from."""
@@ -234,7 +234,8 @@ class Lab:
         """Where ``split``'s gradient stores live, one per warmup checkpoint (built or not);
         the name carries the feature kind, projection and a fingerprint of its settings."""
         g = self.grad_cfg
-        tag = f"{g.feature(split)}-{g.projection}-d{g.proj_dim}-s{g.proj_seed}-{fingerprint(g)[:6]}"
+        fp = fingerprint(g.store_key(split))[:6]
+        tag = f"{g.feature(split)}-{g.projection}-d{g.proj_dim}-s{g.proj_seed}-{fp}"
         return [self.layout.store_dir(split, c.path.name, tag) for c in self.checkpoints()]
 
     def datastore(self, split: str = "pool") -> list[Store]:
@@ -247,7 +248,7 @@ class Lab:
             stores.append(
                 pipeline.extract_store(
                     self.model,
-                    self.tokenized(split),
+                    selecting.loss_tokenized(self, split),
                     path,
                     split=split,
                     feature=self.grad_cfg.feature(split),
@@ -262,21 +263,12 @@ class Lab:
 
     def subtask_scores(self, target: str) -> pl.DataFrame:
         """Long frame ``example_id, source, subtask, score`` (one row per subtask)."""
-        return self._score(target)[0]
+        return selecting.scores(self, target)[0]
 
     def scores(self, target: str) -> pl.DataFrame:
-        """One row per pool example: best subtask and its score (paper: max over subtasks)."""
-        return self._score(target)[1]
-
-    def _score(self, target: str) -> tuple[pl.DataFrame, pl.DataFrame]:
-        self._target(target)
-        self.tokenized(target)  # refuse a target emptied by truncation before any training
-        pool_stores = self.datastore("pool")
-        target_stores = self.datastore(target)
-        lrs = [c.lr for c in self.checkpoints()]
-        return pipeline.score(
-            pool_stores, target_stores, self.targets[target], lrs, self.score_cfg, self.pool
-        )
+        """One row per pool example: best subtask and its score (paper: max over subtasks;
+        ``scoring.aggregate`` names the scale-free remedies)."""
+        return selecting.scores(self, target)[1]
 
     def _target(self, target: str) -> pl.DataFrame:
         if target not in self.targets:
@@ -284,49 +276,18 @@ class Lab:
         return self.targets[target]
 
     def select(self, target: str, cfg: SelectConfig | None = None) -> Selection:
-        """Top examples for ``target``, checked for split-half reliability (a warning
-        below 0.8); written to ``selection_dir(target)`` (jsonl in the pool's format,
-        parquet, scores)."""
-        cfg = cfg or self.select_cfg
-        long, agg = self._score(target)
-        top = select_top(agg, cfg)
-        rel = self.reliability(target)
-        if rel is not None and rel.r_full < 0.8:
-            warnings.warn(f"{target}: {rel.text()}", stacklevel=2)
-        top = top.join(
-            self.pool.select("example_id", *self._extra_pool_columns()), on="example_id", how="left"
-        )
-        out = self.selection_dir(target, cfg=cfg)
-        paths = self._write_selection(top, out, long, cfg)
-        return Selection(target, top, paths, rel, long)
-
-    def _write_selection(self, top, out: Path, long, cfg: SelectConfig) -> dict[str, Path]:
-        record_settings(
-            out / "settings.json",
-            {**self.settings(), "select": to_dict(cfg), "pool_size": self.pool.height},
-            refused="this selection folder was made with other settings",
-        )
-        return write_selection(top, self.pool, out, scores=long)
+        """Top examples for ``target`` (``select.length_bins`` / ``select.max_similarity``
+        shape the top), checked for split-half reliability (a warning below 0.8); written
+        to ``selection_dir(target)`` (jsonl in the pool's format, parquet, scores)."""
+        self._target(target)
+        return selecting.select(self, target, cfg)
 
     def selection_dir(
         self, target: str, balanced: bool = False, cfg: SelectConfig | None = None
     ) -> Path:
-        """Where ``select`` writes: ``selections/<target>[-method][-aggregate][-feature]
-        [-balanced]-<fingerprint>``. The readable parts say what differs from the paper;
-        the fingerprint covers every setting that made it (run, gradients, scoring,
-        selection), so variants never overwrite each other."""
-        parts = [check_name(target, "target")]
-        if self.score_cfg.method != "paper":
-            parts.append(self.score_cfg.method)
-        if self.score_cfg.aggregate != "max":
-            parts.append(self.score_cfg.aggregate)
-        if self.grad_cfg.pool_feature != "adam":
-            parts.append(self.grad_cfg.pool_feature)
-        if balanced:
-            parts.append("balanced")
-        key = {**self.settings(), "select": to_dict(cfg or self.select_cfg)}
-        parts.append(fingerprint(key)[:8])
-        return self.layout.selection_dir("-".join(parts))
+        """Where ``select`` writes (``selecting.selection_dir``): ``selections/<target>
+        [-variant][-balanced]-<fingerprint>``."""
+        return selecting.selection_dir(self, target, balanced, cfg)
 
     def compare(self, target: str, **kwargs) -> pl.DataFrame:
         """The paper's Table 3 for ``target``: select with LESS and the baselines, fine-tune,
@@ -351,13 +312,25 @@ class Lab:
         mode: str = "round_robin",
         cap: int | None = None,
     ) -> Selection:
-        """Like ``select`` but spread over subtasks; writes its own folder (see
-        ``selection_dir``)."""
-        cfg = cfg or self.select_cfg
-        long, _ = self._score(target)
-        top = select_balanced(long, cfg, mode=mode, cap=cap)
-        out = self.selection_dir(target, balanced=True, cfg=cfg)
-        return Selection(target, top, self._write_selection(top, out, long, cfg), None, long)
+        """Like ``select`` but spread over subtasks (``round_robin`` is also
+        ``scoring.aggregate=round_robin``); writes its own folder."""
+        self._target(target)
+        return selecting.select_spread(self, target, cfg, mode, cap)
+
+    def token_contributions(
+        self, split: str, example_ids=None, checkpoint: int = -1
+    ) -> pl.DataFrame:
+        """Why a gradient points where it does: each completion token's share of one
+        example's gradient at a checkpoint, EOS and template tokens marked
+        (``explain.token_contributions``; draw with ``token_figure``)."""
+        return explain.token_contributions(self, split, example_ids, checkpoint)
+
+    def score_decomposition(
+        self, target: str, example_id: str, subtask: str | None = None
+    ) -> pl.DataFrame:
+        """A pool example's score split by checkpoint and LoRA module, in the unprojected
+        space (``explain.score_decomposition``)."""
+        return explain.score_decomposition(self, target, example_id, subtask)
 
     def reliability(self, target: str) -> Reliability | None:
         """Split-half projection reliability of ``target``'s scores (None for exact
@@ -377,8 +350,15 @@ class Lab:
         """This run with unprojected features (projection='none'): exact cosines to compare."""
         return self.with_config(gradients=replace(self.grad_cfg, projection="none"))
 
-    def _extra_pool_columns(self) -> list[str]:
-        return [c for c in ("skill", "form") if self.pool is not None and c in self.pool.columns]
+    def with_remedies(self, *names: str) -> Lab:
+        """This run with the named remedies applied (``overrides.REMEDIES``: ``zscore``,
+        ``rank``, ``round_robin``, ``content_targets``, ``content_tokens``,
+        ``length_matched``, ``dedup``, ``loss_drop``), on the same run directory: the
+        warmup is shared; stores and selections are variants."""
+        sections = ("data", "warmup", "gradients", "scoring", "select")
+        now = dict(zip(sections, self._configs(), strict=True))
+        new = apply_settings(now, remedy_settings(list(names)))
+        return self.with_config(**{k: v for k, v in new.items() if v != now[k]})
 
     def with_config(self, run_dir: str | Path | None = None, **changes) -> Lab:
         """A Lab on the same data with some configs replaced, e.g.

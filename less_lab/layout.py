@@ -75,6 +75,10 @@ class RunLayout:
     def scores_file(self, target: str) -> Path:
         return self.root / "scores" / f"{check_name(target, 'target')}.parquet"
 
+    def loss_drop_dir(self, target: str) -> Path:
+        """The conditional adapter and cached losses of ``scoring.method=loss_drop``."""
+        return self.root / "loss_drop" / check_name(target, "target")
+
     def compare_dir(self, target: str) -> Path:
         return self.root / "compare" / check_name(target, "target")
 

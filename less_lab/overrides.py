@@ -49,6 +49,37 @@ batches and a higher learning rate so a short warmup moves the adapter, and a 10
 selection so shares are readable)."""
 
 
+REMEDIES: dict[str, list[str]] = {
+    "zscore": ["scoring.aggregate=zscore"],
+    "rank": ["scoring.aggregate=rank"],
+    "round_robin": ["scoring.aggregate=round_robin"],
+    "content_targets": ["gradients.target_tokens=content"],
+    "content_tokens": ["gradients.target_tokens=content", "gradients.pool_tokens=content"],
+    "length_matched": ["select.length_bins=5"],
+    "dedup": ["select.max_similarity=0.9"],
+    "loss_drop": ["scoring.method=loss_drop"],
+}
+"""Named remedies for selections that pick noise (``less_lab.selection_config``), each a
+list of settings applied on top of a preset (``--remedy NAME``, ``less+NAME`` in
+``compare``; combine with ``+``): scale-free aggregation across subtasks (``zscore``,
+``rank``, ``round_robin``), EOS and template tokens left out of the target losses
+(``content_targets``, cheap: the pool stores are reused) or of both losses
+(``content_tokens``), length-matched quotas over 5 completion-length bins, near-duplicate
+suppression above a 0.9 gradient cosine, and CoLoR-Filter's conditional loss drop."""
+
+
+def remedy_settings(names: list[str] | tuple[str, ...]) -> list[str]:
+    """The ``section.field=value`` settings of the named remedies, in order."""
+    out = []
+    for name in names:
+        if name not in REMEDIES:
+            raise ConfigError(
+                f"remedy {name!r}: expected one of {', '.join(REMEDIES)}", key="remedy"
+            )
+        out += REMEDIES[name]
+    return out
+
+
 def parse_value(text: str) -> Any:
     """A ``--set`` value: JSON when it parses (numbers, lists, true/false/null), else text."""
     try:
@@ -78,13 +109,24 @@ def replace_path(cfg: Any, path: list[str], value: Any, prefix: str = "") -> Any
         raise err.under(prefix) from None
 
 
-def build_configs(sets: list[str] | tuple[str, ...] = (), preset: str = "paper") -> dict:
-    """The configs of every section: ``preset``'s settings, then ``sets`` on top, each
-    ``section.field=value`` (nested fields with dots: ``warmup.train.lora.r=8``)."""
+def build_configs(
+    sets: list[str] | tuple[str, ...] = (),
+    preset: str = "paper",
+    remedies: list[str] | tuple[str, ...] = (),
+) -> dict:
+    """The configs of every section: ``preset``'s settings, then the ``remedies``'
+    settings, then ``sets`` on top, each ``section.field=value`` (nested fields with
+    dots: ``warmup.train.lora.r=8``)."""
     if preset not in PRESETS:
         raise ConfigError(f"preset {preset!r}: expected one of {', '.join(PRESETS)}", key="preset")
     configs = {name: cls() for name, cls in SECTIONS.items()}
-    for item in [*PRESETS[preset], *sets]:
+    return apply_settings(configs, [*PRESETS[preset], *remedy_settings(remedies), *sets])
+
+
+def apply_settings(configs: dict, sets: list[str] | tuple[str, ...]) -> dict:
+    """``configs`` (section name -> config) with each ``section.field=value`` applied."""
+    configs = dict(configs)
+    for item in sets:
         key, sep, raw = item.partition("=")
         parts = key.strip().split(".")
         if not sep or parts[0] not in SECTIONS or len(parts) < 2:

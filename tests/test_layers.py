@@ -19,11 +19,22 @@ from pathlib import Path
 import pytest
 
 PACKAGE = Path(__file__).resolve().parents[1] / "less_lab"
-BASE = {"config", "overrides", "errors", "layout", "_io", "_version"}
+BASE = {
+    "config",
+    "selection_config",
+    "validation",
+    "overrides",
+    "errors",
+    "layout",
+    "_io",
+    "_version",
+}
 SUBPACKAGES = {"data": 1, "model": 2, "core": 3, "checks": 4, "evaluate": 4, "views": 5}
 FACADE = {
     "compare": 6,
     "inspection": 6,
+    "selecting": 6,
+    "explain": 6,
     "reference_run": 7,
     "lab": 7,
     "demo": 8,

@@ -21,7 +21,7 @@ import polars as pl
 
 from less_lab.config import ScoreConfig, SelectConfig
 from less_lab.core.datastore import Store
-from less_lab.core.scoring import subtask_scores, unit_rows
+from less_lab.core.scoring import aggregate, long_frame, subtask_scores, unit_rows
 from less_lab.core.selection import selection_size
 from less_lab.core.stats import correlation, top_k
 
@@ -141,8 +141,13 @@ class Reliability:
 
 
 def _aggregate(matrix: np.ndarray, how: str) -> np.ndarray:
-    with np.errstate(all="ignore"):
-        return matrix.max(1) if how == "max" else matrix.mean(1)
+    """The aggregated score ``scoring.aggregate`` gives (scale-free remedies included)."""
+    if how in ("max", "mean"):
+        with np.errstate(all="ignore"):
+            return matrix.max(1) if how == "max" else matrix.mean(1)
+    names = [f"s{j}" for j in range(matrix.shape[1])]
+    long = long_frame(matrix, names, [str(i) for i in range(matrix.shape[0])])
+    return aggregate(long, how)["score"].fill_null(np.nan).to_numpy()
 
 
 def split_half(

@@ -21,6 +21,7 @@ import numpy as np
 import polars as pl
 
 from less_lab.config import ScoreConfig
+from less_lab.core.selection import round_robin_rows
 
 if TYPE_CHECKING:  # only for annotations: views use this module without the datastore
     from less_lab.core.datastore import Store
@@ -155,24 +156,68 @@ def long_frame(
     )
 
 
+AGGREGATES = ("max", "mean", "zscore", "rank", "round_robin")
+
+
 def aggregate(scores: pl.DataFrame, how: str = "max") -> pl.DataFrame:
-    """One row per example: ``max`` over subtasks (paper) keeping the argmax subtask, or
-    ``mean``. Non-finite scores (non-finite gradients) stay NaN and are never selected."""
-    if how not in ("max", "mean"):
-        raise ValueError(f"unknown aggregation {how!r}; expected max or mean")
+    """One row per example, in pool order. ``max`` (paper): the best subtask's raw score,
+    keeping the argmax subtask; ``mean``: the mean over subtasks. The scale-free remedies
+    (``ScoreConfig.aggregate``) first put every subtask on one scale, so that a subtask
+    whose cosines run 2x higher no longer takes every pick: ``zscore`` standardises each
+    subtask's scores over the pool, ``rank`` turns them into percentile ranks (1 = best),
+    then both take the max; ``round_robin`` lets subtasks take turns (the score is then
+    the pick priority, 1 for the first pick down to 1/n). Non-finite scores (non-finite
+    gradients) stay NaN and are never selected."""
+    if how not in AGGREGATES:
+        raise ValueError(f"unknown aggregation {how!r}; expected {', '.join(AGGREGATES)}")
     # NaN sorts above every number in polars: make it null so it sorts last.
     ordered = scores.with_columns(pl.col("score").fill_nan(None)).with_row_index("_order")
-    if how == "max":
-        best = (
-            ordered.sort("score", descending=True, nulls_last=True)
-            .group_by("example_id", maintain_order=True)
-            .first()
-        )
-    else:
+    if how == "round_robin":
+        return _round_robin_order(ordered)
+    if how in ("zscore", "rank"):
+        ordered = ordered.with_columns(_rescaled(how).over("subtask").alias("score"))
+    if how == "mean":
         best = ordered.group_by("example_id").agg(
             pl.col("_order").min(),
             pl.col("source").first(),
             pl.lit("mean").alias("subtask"),
             pl.col("score").mean(),
         )
+    else:
+        best = (
+            ordered.sort("score", descending=True, nulls_last=True)
+            .group_by("example_id", maintain_order=True)
+            .first()
+        )
     return best.sort("_order").select(list(SCORE_SCHEMA))
+
+
+def _rescaled(how: str) -> pl.Expr:
+    """One subtask's scores on a common scale: z-scores or percentile ranks in (0, 1]."""
+    s = pl.col("score")
+    if how == "zscore":
+        sd = s.std()
+        return pl.when(sd > 0).then((s - s.mean()) / sd).otherwise(0.0)
+    return s.rank("average") / s.count()
+
+
+def _round_robin_order(ordered: pl.DataFrame) -> pl.DataFrame:
+    """Every example's round-robin pick priority: subtasks take turns, each taking its
+    best untaken example (``selection.round_robin_rows`` over the whole pool); examples
+    with no finite score come last with a null score."""
+    valid = ordered.drop_nulls("score").sort(["score", "_order"], descending=[True, False])
+    ids = valid["example_id"].unique(maintain_order=True).to_list()
+    subtasks = sorted(valid["subtask"].unique().to_list())
+    ex = valid["example_id"].replace_strict(ids, list(range(len(ids))), return_dtype=pl.Int64)
+    sub = valid["subtask"].replace_strict(
+        subtasks, list(range(len(subtasks))), return_dtype=pl.Int64
+    )
+    rows = round_robin_rows(ex.to_numpy(), sub.to_numpy(), valid["score"].to_numpy(), len(ids))
+    n = max(len(rows), 1)
+    picked = valid[rows].with_columns(pl.Series("score", 1.0 - np.arange(len(rows)) / n))
+    firsts = ordered.group_by("example_id", maintain_order=True).agg(pl.col("_order").min())
+    rest = firsts.join(picked.select("example_id"), on="example_id", how="anti")
+    rest = rest.join(ordered.group_by("example_id").agg(pl.col("source").first()), on="example_id")
+    rest = rest.with_columns(pl.lit("").alias("subtask"), pl.lit(None, pl.Float64).alias("score"))
+    out = pl.concat([picked.select("_order", *SCORE_SCHEMA), rest.select("_order", *SCORE_SCHEMA)])
+    return out.sort("_order").select(list(SCORE_SCHEMA))

@@ -82,7 +82,7 @@ def _valid_long(long_scores: pl.DataFrame) -> pl.DataFrame:
     )
 
 
-def _round_robin(ex: np.ndarray, sub: np.ndarray, score: np.ndarray, k: int) -> list[int]:
+def round_robin_rows(ex: np.ndarray, sub: np.ndarray, score: np.ndarray, k: int) -> list[int]:
     """Rows picked by letting each subtask take its best untaken example in turn; within a
     round, subtasks go in order of their candidate's score, so a final partial round keeps
     the strongest candidates."""
@@ -164,7 +164,7 @@ def select_balanced(
     )
     score = ranked["score"].to_numpy()
     if mode == "round_robin":
-        picks = _round_robin(ex, sub, score, k)
+        picks = round_robin_rows(ex, sub, score, k)
     else:
         cap = math.ceil(k / len(subtasks)) if cap is None else int(cap)
         if cap < 1 or cap * len(subtasks) < k:
