@@ -23,10 +23,16 @@ import sys
 from dataclasses import replace
 from pathlib import Path
 
-import polars as pl
-
 from less_lab._io import write_parquet
-from less_lab.compare import METHODS, beats_random, check_method, compare, load_runs, paper_table
+from less_lab.compare import (
+    METHODS,
+    beats_random,
+    check_method,
+    compare,
+    load_runs,
+    metric_columns,
+    paper_table,
+)
 from less_lab.config import TrainConfig
 from less_lab.core import distributed
 from less_lab.core.plan import LLAMA2_7B, ModelShape, plan
@@ -268,12 +274,22 @@ def run_compare_command(args: argparse.Namespace) -> int:
 
 
 def _print_beats_random(out: Path) -> None:
-    """The paired-vs-random table, and its figure as ``beats_random.html`` (offline: the
-    plotly script is written beside it)."""
-    table, diffs = beats_random(load_runs(out))
-    with pl.Config(tbl_cols=-1, tbl_width_chars=200, fmt_str_lengths=40):
-        print("Paired differences against random (mean over seeds, 95% t interval):")
-        print(table)
+    """The paired-vs-random table, one line per method and metric, and its figure as
+    ``beats_random.html`` (offline: the plotly script is written beside it)."""
+    runs = load_runs(out)
+    table, diffs = beats_random(runs)
+    print("Paired differences against random (method - random, by seed; 95% t interval):")
+    for row in table.iter_rows(named=True):
+        shape = (
+            f"selected completion tokens {row.get('sel_completion_tokens') or 0:.1f}, "
+            f"top source share {row.get('sel_top_source_share') or 0:.2f}"
+        )
+        print(f"  {row['method']} ({row['n_seeds']} seeds; {shape})")
+        for m in metric_columns(runs):
+            print(
+                f"    {m:24s} {row[m]:9.3f}  diff {row[m + '_diff'] or 0:+8.3f} "
+                f"{row[m + '_ci']:>20s}  {row[m + '_verdict']}"
+            )
     paired_figure(diffs).write_html(out / "beats_random.html", include_plotlyjs="directory")
     print(f"figure: {out / 'beats_random.html'}")
 

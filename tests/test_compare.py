@@ -21,6 +21,7 @@ from less_lab.core.baselines import baseline_scores
 from less_lab.core.scoring import aggregate
 from less_lab.core.selection import select_top
 from less_lab.data.demo_pool import demo_pool, demo_targets
+from less_lab.errors import ConfigError
 from less_lab.evaluate.evaluators import loss_eval
 from less_lab.lab import Lab
 from less_lab.model.tiny import tiny_llama
@@ -140,9 +141,11 @@ def test_cli_compare(tiny_tokenizer, tmp_path, capsys):
         "--quiet",
         "--methods",
         "less",
+        "less+zscore",
         "random",
         "--seeds",
         "0",
+        "1",
         "--fraction",
         "0.1",
         "--train-set",
@@ -157,5 +160,28 @@ def test_cli_compare(tiny_tokenizer, tmp_path, capsys):
     out = capsys.readouterr().out
     assert "== demo" in out and "held_loss" in out and "val_loss" in out
     runs = cmp.load_runs(tmp_path / "run" / "compare" / "demo")
-    assert runs["method"].to_list() == ["less", "random"]
+    assert runs["method"].to_list() == ["less"] * 2 + ["less+zscore"] * 2 + ["random"] * 2
     assert (runs["n_selected"] == 4).all()
+    assert "Paired differences against random" in out and "held_loss" in out
+    assert "less+zscore (2 seeds" in out
+    assert (tmp_path / "run" / "compare" / "demo" / "beats_random.html").exists()
+    table, diffs = cmp.beats_random(runs)
+    assert set(diffs["method"]) == {"less", "less+zscore"}
+    assert diffs.filter(pl.col("metric") == "held_loss")["n_pairs"].to_list() == [2, 2]
+    # the zscore variant's seed-0 selection is its own (a variant folder of the same warmup)
+    sel_dirs = sorted(p.name for p in (tmp_path / "run" / "selections").iterdir())
+    assert any(n.startswith("demo-zscore-") for n in sel_dirs)
+
+
+def test_methods_are_checked_before_any_work():
+    assert cmp.check_method("less+zscore+length_matched") == "less+zscore+length_matched"
+    with pytest.raises(ConfigError, match="remedy 'nope'"):
+        cmp.check_method("less+nope")
+    with pytest.raises(ConfigError, match="method 'bm25\\+zscore'"):
+        cmp.check_method("bm25+zscore")
+    runs = pl.DataFrame({"method": ["random"] * 3 + ["less"] * 3, "seed": [0, 1, 2] * 2,
+                         "val_loss": [2.0, 2.1, 2.2, 1.0, 1.2, 1.1],
+                         "sel_completion_tokens": [30.0] * 3 + [5.0] * 3})  # fmt: skip
+    table, diffs = cmp.beats_random(runs)
+    assert diffs["metric"].to_list() == ["val_loss"] and diffs["better"].to_list() == [True]
+    assert table.filter(pl.col("method") == "less")["sel_completion_tokens"].to_list() == [5.0]
