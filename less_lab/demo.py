@@ -61,7 +61,9 @@ def planted_skill_shares(
     base = dict(zip(base["skill"], base["len"] / pool.height, strict=True))
     rows = []
     for sub in sorted(skill_of):
-        ranked = long.filter(pl.col("subtask") == sub).sort("score", descending=True).head(k)
+        # a one-ranking scorer (loss_drop's subtask "all") ranks the pool once for all
+        ranked_by = sub if sub in set(long["subtask"]) else "all"
+        ranked = long.filter(pl.col("subtask") == ranked_by).sort("score", descending=True).head(k)
         ranked = ranked.join(pool.select("example_id", "skill"), on="example_id")
         own = ranked.filter(pl.col("skill") == skill_of[sub]).height
         rows.append(
@@ -87,7 +89,7 @@ DEMO_REMEDIES = (
     "dedup",
     "content_targets",
     "zscore+content_targets",
-    "round_robin+content_targets",
+    "zscore+length_matched",
 )
 """The remedies the demo tries on its own stores (seconds each; ``content_targets``
 re-extracts only the 12 target examples). ``content_tokens`` (pool stores rebuilt) and

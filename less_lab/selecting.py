@@ -53,7 +53,7 @@ def _loss_drop(lab: Any, target: str) -> pl.DataFrame:
         lab.tokenized(target),
         lab.score_cfg,
         lab.warmup_cfg.train,
-        lab.layout.loss_drop_dir(target),
+        lab.layout.loss_drop_dir(target) / loss_drop_tag(lab.score_cfg),
         pad_id=lab.tokenizer.pad_token_id,
         sources=sources,
         progress=lab.progress,
@@ -61,6 +61,12 @@ def _loss_drop(lab: Any, target: str) -> pl.DataFrame:
         token_budget=lab.grad_cfg.token_budget,
         max_batch_examples=lab.grad_cfg.max_batch_examples,
     )
+
+
+def loss_drop_tag(cfg) -> str:
+    """A loss-drop variant's folder name: its conditional training settings, so that
+    another ``loss_drop_lr`` is a new variant rather than a refused reuse."""
+    return f"e{cfg.loss_drop_epochs}-lr{cfg.loss_drop_lr:g}"
 
 
 def top(lab: Any, agg: pl.DataFrame, cfg: SelectConfig) -> pl.DataFrame:

@@ -13,9 +13,10 @@ from __future__ import annotations
 
 import math
 
+import polars as pl
 import pytest
 
-from less_lab.demo import planted_skill_shares, run_demo
+from less_lab.demo import DEMO_REMEDIES, planted_skill_shares, remedy_report, run_demo
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("smollm2")]
 
@@ -33,3 +34,10 @@ def test_demo_recovers_the_planted_skills_of_the_cot_subtasks(tmp_path, capsys):
         row = by_subtask[sub]
         assert row["own_share"] > 2 * row["pool_share"], row
     assert top.height == math.ceil(0.1 * lab.pool.height)
+    # The demo teaches with the remedies: every one is reported next to the paper's, with
+    # a one-line why; the best puts more target-skill examples in the headline picks.
+    assert "Why: " in out and "Best remedy: " in out
+    report = remedy_report(lab)
+    assert set(report["remedy"]) == {"paper", *DEMO_REMEDIES}
+    paper = report.filter(pl.col("remedy") == "paper")["target_skill_share"][0]
+    assert report["target_skill_share"][0] > paper

@@ -91,4 +91,4 @@ def test_loss_drop_scores_through_the_lab(lab):
     assert long.height == 40 and long["score"].is_finite().all()
     sel = variant.select("demo")
     assert sel.directory.name.startswith("demo-loss_drop-") and sel.reliability is None
-    assert (lab.run_dir / "loss_drop" / "demo" / "loss_drop.json").exists()
+    assert (lab.run_dir / "loss_drop" / "demo" / "e3-lr0.0001" / "loss_drop.json").exists()
