@@ -66,6 +66,10 @@ REMEDIES = (
     "loss_drop",
 )
 METHODS = ("random", "less", *(f"less+{r}" for r in REMEDIES), "bm25", "rds")
+FIRST = ("random", "less", "less+zscore", "less+content_targets", "less+length_matched", "bm25",
+         "rds")  # fmt: skip
+"""Run first for every target (``--first``), so that a run stopped early still answers
+the main question on every target; then every method."""
 
 
 def parse_args() -> argparse.Namespace:
@@ -79,6 +83,7 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--fraction", type=float, default=0.05)
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     p.add_argument("--methods", nargs="+", default=list(METHODS))
+    p.add_argument("--first", nargs="*", default=list(FIRST), help="methods run first")
     p.add_argument("--targets", nargs="+", default=["mmlu", "tydiqa", "bbh"])
     p.add_argument("--test-per-subtask", type=int, default=3)
     p.add_argument("--bbh-gen-per-task", type=int, default=1)
@@ -160,24 +165,26 @@ def main() -> None:
     lab = build_lab(args)
     sources = lab.pool["source"].value_counts(sort=True).iter_rows()
     print(f"pool {lab.pool.height}: " + ", ".join(f"{s} {n}" for s, n in sources), flush=True)
-    for target in args.targets:
-        t0 = time.time()
-        out = args.out / target
-        finetune = replace(lab.warmup_cfg.train, epochs=args.finetune_epochs)
-        compare(
-            lab,
-            target,
-            methods=args.methods,
-            fraction=args.fraction,
-            seeds=args.seeds,
-            train_cfg=finetune,
-            evals=test_evals(args, target, lab.data_cfg),
-            val_metric="val_loss",
-            val_score=target == "tydiqa",
-            out_dir=out,
-        )
-        report(out, target)
-        print(f"{target}: {time.time() - t0:.0f} s", flush=True)
+    phases = [[m for m in args.methods if m in args.first], list(args.methods)]
+    for methods in [p for i, p in enumerate(phases) if p and (i == 0 or p != phases[0])]:
+        for target in args.targets:
+            t0 = time.time()
+            out = args.out / target
+            finetune = replace(lab.warmup_cfg.train, epochs=args.finetune_epochs)
+            compare(
+                lab,
+                target,
+                methods=methods,
+                fraction=args.fraction,
+                seeds=args.seeds,
+                train_cfg=finetune,
+                evals=test_evals(args, target, lab.data_cfg),
+                val_metric="val_loss",
+                val_score=target == "tydiqa",
+                out_dir=out,
+            )
+            report(out, target)
+            print(f"{target} ({len(methods)} methods): {time.time() - t0:.0f} s", flush=True)
     print(f"total {time.time() - start:.0f} s")
 
 
