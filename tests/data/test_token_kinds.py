@@ -60,13 +60,14 @@ def test_content_labels_keep_only_the_answer(tiny_tokenizer):
 
 
 def test_marker_only_answer_keeps_its_labels_with_a_warning(tiny_tokenizer):
-    tok, _ = tokenize(_frame([" "]), tiny_tokenizer, DataConfig())
-    ids = tok["input_ids"][0].to_list()
-    # a completion of only whitespace + eos: nothing is content
-    labels = tok["labels"][0].to_list()
-    kinds = token_kinds(ids, labels, tiny_tokenizer)
-    if (kinds == "content").any():
-        pytest.skip("this tokenizer keeps the blank answer as content")
+    eos = tiny_tokenizer.eos_token_id
+    newline = tiny_tokenizer("\n", add_special_tokens=False)["input_ids"][-1]
+    ids = [5, 6, 7, eos, newline]
+    labels = [IGNORE, IGNORE, IGNORE, eos, newline]  # an answer of nothing but its markers
+    assert token_kinds(ids, labels, tiny_tokenizer).tolist() == [
+        "prompt", "prompt", "prompt", "eos", "template"
+    ]  # fmt: skip
+    tok = pl.DataFrame({"example_id": ["x"], "input_ids": [ids], "labels": [labels]})
     with pytest.warns(UserWarning, match="no content token"):
         out = content_labels(tok, tiny_tokenizer)
-    assert out["labels"].to_list() == tok["labels"].to_list()
+    assert out["labels"].to_list() == [labels] and out["n_loss_tokens"].to_list() == [2]
