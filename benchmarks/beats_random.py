@@ -23,9 +23,13 @@ tokens); TydiQA: no test set exists offline, so its metrics (``val_loss``, ``val
 = F1) are measured on the 9 target examples themselves: in-sample, an optimistic bound,
 labelled as such.
 
-Resumable: every cell is cached under ``--out``; a finished run reprints its tables.
+Two phases: first the main methods (``--first``) on every target, so that a run stopped
+early still answers the main question everywhere; then every method. Resumable: every
+cell is cached under ``--out``; a finished run reprints its tables. At these settings the
+whole run is about 4 hours of 2 CPU cores (a pool store build is 15-20 min per warmup
+seed, a fine-tune cell 1-2 min).
 
-    .venv/bin/python benchmarks/beats_random.py            # ~1-2 h on 2 cores
+    .venv/bin/python benchmarks/beats_random.py            # ~4 h on 2 cores
 """
 
 from __future__ import annotations
