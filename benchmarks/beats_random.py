@@ -41,6 +41,8 @@ from pathlib import Path
 
 import polars as pl
 import torch
+from compare_methods import BBH, DATA, MMLU  # the same subtasks as the Table 3 pilot
+from compare_methods import test_evals as mmlu_bbh_evals
 
 from less_lab.compare import beats_random, compare, load_runs
 from less_lab.config import (
@@ -53,13 +55,9 @@ from less_lab.config import (
 )
 from less_lab.data.pool import read_pool, stratified_sample
 from less_lab.data.targets import read_targets
-from less_lab.evaluate.evaluators import make_eval
 from less_lab.lab import Lab
 from less_lab.views.paired import paired_figure
 
-DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
-MMLU = ["high_school_geography", "marketing", "us_foreign_policy", "nutrition"]
-BBH = ["boolean_expressions", "navigate", "sports_understanding", "web_of_lies"]
 REMEDIES = (
     "zscore",
     "rank",
@@ -123,26 +121,9 @@ def build_lab(args) -> Lab:
 
 
 def test_evals(args, target: str, data_cfg: DataConfig) -> dict:
-    """Held-out test evaluations (none for TydiQA: no test set offline)."""
-    ev, n = args.data / "eval", args.test_per_subtask
-    full = replace(data_cfg, max_length=args.eval_max_length)
-    if target == "mmlu":
-        kw = dict(subjects=MMLU, max_per_subtask=n)
-        return {
-            "mmlu": make_eval("mmlu", ev / "mmlu", data_cfg=full, **kw),
-            "mmlu_test": make_eval("mmlu-loss", ev / "mmlu", data_cfg=data_cfg, **kw),
-        }
-    if target == "bbh":
-        gen = dict(tasks=BBH, max_per_subtask=args.bbh_gen_per_task)
-        return {
-            "bbh": make_eval(
-                "bbh", ev / "bbh", data_cfg=full, max_new_tokens=args.max_new_tokens, **gen
-            ),
-            "bbh_test": make_eval(
-                "bbh-loss", ev / "bbh", tasks=BBH, data_cfg=data_cfg, max_per_subtask=n
-            ),
-        }
-    return {}
+    """Held-out test evaluations, as ``compare_methods.py`` builds them for MMLU and BBH
+    (the same flags); none for TydiQA: no test set offline."""
+    return {} if target == "tydiqa" else mmlu_bbh_evals(args, target, data_cfg)
 
 
 def report(out: Path, target: str) -> None:
