@@ -90,6 +90,8 @@ DEMO_REMEDIES = (
     "content_targets",
     "zscore+content_targets",
     "zscore+length_matched",
+    "subspace",
+    "content_targets+subspace",
 )
 """The remedies the demo tries on its own stores (seconds each; ``content_targets``
 re-extracts only the 12 target examples). ``content_tokens`` (pool stores rebuilt) and

@@ -57,6 +57,7 @@ REMEDIES: dict[str, list[str]] = {
     "content_tokens": ["gradients.target_tokens=content", "gradients.pool_tokens=content"],
     "length_matched": ["select.length_bins=5"],
     "dedup": ["select.max_similarity=0.9"],
+    "subspace": ["scoring.method=subspace"],
     "loss_drop": ["scoring.method=loss_drop"],
 }
 """Named remedies for selections that pick noise (``less_lab.selection_config``), each a
@@ -65,7 +66,8 @@ list of settings applied on top of a preset (``--remedy NAME``, ``less+NAME`` in
 ``rank``, ``round_robin``), EOS and template tokens left out of the target losses
 (``content_targets``, cheap: the pool stores are reused) or of both losses
 (``content_tokens``), length-matched quotas over 5 completion-length bins, near-duplicate
-suppression above a 0.9 gradient cosine, and CoLoR-Filter's conditional loss drop."""
+suppression above a 0.9 gradient cosine, target-subspace (cone) scoring, and
+CoLoR-Filter's conditional loss drop."""
 
 
 def remedy_settings(names: list[str] | tuple[str, ...]) -> list[str]:

@@ -14,6 +14,8 @@ and ``benchmarks/beats_random.py`` (numbers in ``benchmarks/RESULTS.md``):
   taken (a one-token multiple-choice answer's gradient is mostly its EOS);
 - ``select.length_bins``: length-matched quotas (the pool's completion-length mix);
 - ``select.max_similarity``: near-duplicate suppression in the top k;
+- ``scoring.method=subspace``: target-subspace scoring, the cosine with the cone the
+  subtask's target gradients span (``core/cone.py``);
 - ``scoring.method=loss_drop``: a stronger scorer from the literature, CoLoR-Filter's
   conditional loss reduction (Brandfonbrener et al., NeurIPS 2024).
 
@@ -29,7 +31,7 @@ from typing import Literal
 from less_lab.errors import ConfigError
 from less_lab.validation import Validated, is_fraction, positive
 
-ScoreMethod = Literal["paper", "mean_of_shots", "dot", "loss_drop"]
+ScoreMethod = Literal["paper", "mean_of_shots", "subspace", "dot", "loss_drop"]
 Aggregate = Literal["max", "mean", "zscore", "rank", "round_robin"]
 
 
@@ -40,6 +42,9 @@ class ScoreConfig(Validated):
     method: ScoreMethod = "paper"
     """``paper``: cosine with each subtask's mean target gradient (Eq. 2);
     ``mean_of_shots``: mean over the subtask's shots of per-shot cosines (reference code);
+    ``subspace``: cosine with the nearest direction in the cone (non-negative span) of the
+    subtask's unit shot gradients: the target-subspace projection, not dragged by one
+    shot's dominant token (``core/cone.py`` says why a cone and not the span);
     ``dot``: unnormalised inner product with the mean target gradient (Table 13);
     ``loss_drop``: CoLoR-Filter (Brandfonbrener et al. 2024): each pool example's loss
     under the last warmup checkpoint minus its loss after that adapter is further trained

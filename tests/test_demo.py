@@ -41,3 +41,7 @@ def test_demo_recovers_the_planted_skills_of_the_cot_subtasks(tmp_path, capsys):
     assert set(report["remedy"]) == {"paper", *DEMO_REMEDIES}
     paper = report.filter(pl.col("remedy") == "paper")["target_skill_share"][0]
     assert report["target_skill_share"][0] > paper
+    # the demo targets, met by the best remedy (content_targets+subspace when
+    # measured): >= 50% target-skill picks, every subtask's own skill >= 2x its pool share
+    best = report.row(0, named=True)
+    assert best["target_skill_share"] >= 0.5 and best["min_subtask_ratio"] >= 2, best

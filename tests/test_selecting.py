@@ -7,7 +7,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from less_lab.config import SelectConfig
+from less_lab.config import ScoreConfig, SelectConfig
 from less_lab.data.demo_pool import demo_pool, demo_targets
 from less_lab.lab import Lab
 
@@ -92,3 +92,19 @@ def test_loss_drop_scores_through_the_lab(lab):
     sel = variant.select("demo")
     assert sel.directory.name.startswith("demo-loss_drop-") and sel.reliability is None
     assert (lab.run_dir / "loss_drop" / "demo" / "e3-lr0.0001" / "loss_drop.json").exists()
+
+
+def test_subspace_scores_through_the_lab(lab):
+    """``--remedy subspace``: the cone scorer on the lab's stores, its own selection
+    folder, split-half reliability measured with the same scorer. The cone holds every
+    shot, so its cosine is at least the best shot's and hence the mean of shots', and at
+    most 1."""
+    variant = lab.with_remedies("subspace")
+    assert variant.score_cfg.method == "subspace"
+    cone = variant.subtask_scores("demo").sort("example_id", "subtask")
+    shots = lab.with_config(scoring=ScoreConfig(method="mean_of_shots"))
+    mean = shots.subtask_scores("demo").sort("example_id", "subtask")
+    assert cone["example_id"].to_list() == mean["example_id"].to_list()
+    assert (cone["score"] >= mean["score"] - 1e-9).all() and (cone["score"] <= 1 + 1e-9).all()
+    sel = variant.select("demo")
+    assert sel.directory.name.startswith("demo-subspace-") and sel.reliability is not None

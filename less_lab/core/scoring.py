@@ -21,6 +21,7 @@ import numpy as np
 import polars as pl
 
 from less_lab.config import ScoreConfig
+from less_lab.core.cone import cone_cosines
 from less_lab.core.selection import round_robin_rows
 
 if TYPE_CHECKING:  # only for annotations: views use this module without the datastore
@@ -56,17 +57,20 @@ def target_matrix(
     columns: slice | None = None,
 ) -> tuple[np.ndarray, np.ndarray | None]:
     """The (d, columns) matrix pool features are multiplied with, and, for
-    ``mean_of_shots``, the subtask index of each column (columns are then single shots).
-    ``columns`` keeps only those feature columns (a sub-sketch, for split-half checks)."""
+    ``mean_of_shots`` and ``subspace``, the subtask index of each column (columns are then
+    single unit shots). ``columns`` keeps only those feature columns (a sub-sketch, for
+    split-half checks)."""
     feats = np.asarray(store.features[:, columns or slice(None)], dtype=np.float32)
     col_subtask = np.array([subtasks.index(target_subtask[i]) for i in store.ids])
-    if method == "mean_of_shots":
+    if method in ("mean_of_shots", "subspace"):
         return unit_rows(feats).T.copy(), col_subtask
     means = np.stack([feats[col_subtask == j].mean(0) for j in range(len(subtasks))])
     if method == "paper":
         means = unit_rows(means)
     elif method != "dot":
-        raise ValueError(f"unknown score method {method!r}; expected paper, mean_of_shots, dot")
+        raise ValueError(
+            f"unknown score method {method!r}; expected paper, mean_of_shots, subspace, dot"
+        )
     return means.T.copy(), None
 
 
@@ -105,6 +109,7 @@ def subtask_scores(
                 features=np.asarray(target.features)[keep],
             )
         mat, cols = target_matrix(target, target_subtask, subtasks, cfg.method, columns)
+        grams = _grams(mat, cols, len(subtasks)) if cfg.method == "subspace" else None
         nonfinite.update(pool.nonfinite_ids)
         # Streamed with plain reads into reused buffers: bounded memory at any store size.
         for start, chunk in pool.iter_chunks(cfg.chunk_rows):
@@ -113,8 +118,8 @@ def subtask_scores(
             if cfg.method != "dot":  # cosine: divide by row norms, cheaper than unit_rows(chunk)
                 norms = np.sqrt(np.einsum("ij,ij->i", chunk, chunk))
                 sims /= np.where(norms > 0, norms, 1.0)[:, None]
-            if cols is not None:  # mean over each subtask's shots
-                sims = np.stack([sims[:, cols == j].mean(1) for j in range(len(subtasks))], 1)
+            if cols is not None:
+                sims = _per_subtask(sims, cols, len(subtasks), grams)
             out[start : start + len(chunk)] += w * sims
     if nonfinite:
         warnings.warn(
@@ -123,6 +128,21 @@ def subtask_scores(
             stacklevel=2,
         )
     return out, subtasks
+
+
+def _grams(mat: np.ndarray, cols: np.ndarray, n_subtasks: int) -> list[np.ndarray]:
+    """Each subtask's Gram matrix of unit shots (``subspace`` scoring)."""
+    return [mat[:, cols == j].T.astype(np.float64) @ mat[:, cols == j] for j in range(n_subtasks)]
+
+
+def _per_subtask(
+    sims: np.ndarray, cols: np.ndarray, n_subtasks: int, grams: list | None
+) -> np.ndarray:
+    """Per-shot cosines -> one score per subtask: the mean over its shots
+    (``mean_of_shots``) or the cosine with the cone they span (``subspace``)."""
+    if grams is None:
+        return np.stack([sims[:, cols == j].mean(1) for j in range(n_subtasks)], 1)
+    return np.stack([cone_cosines(sims[:, cols == j], g) for j, g in enumerate(grams)], 1)
 
 
 def check_compatible(pool_stores: Sequence[Store], target_stores: Sequence[Store]) -> None:
