@@ -3,7 +3,7 @@
 For each target (MMLU, BBH, TydiQA from ``../shared/data``), a stratified pool of 600
 examples, and the methods: random, paper LESS, LESS with each named remedy
 (``overrides.REMEDIES``; ``content_targets`` rather than ``content_tokens``: the pool
-stores are reused), BM25 and RDS. For every (method, seed): select 5% (30), fine-tune a
+stores are reused), the demo's best remedy (``content_targets+subspace``), BM25 and RDS. For every (method, seed): select 5% (30), fine-tune a
 fresh LoRA on it, keep the best epoch by loss on the target's examples, then measure
 held-out loss and the task metric on test questions never used as targets. A LESS seed
 is a warmup-subset seed (its own warmup, stores and selection), paired with the random
@@ -65,11 +65,14 @@ REMEDIES = (
     "content_targets",
     "length_matched",
     "dedup",
+    "subspace",
     "loss_drop",
 )
-METHODS = ("random", "less", *(f"less+{r}" for r in REMEDIES), "bm25", "rds")
-FIRST = ("random", "less", "less+zscore", "less+content_targets", "less+length_matched", "bm25",
-         "rds")  # fmt: skip
+BEST_ON_DEMO = "less+content_targets+subspace"
+"""The remedy that meets both demo targets (``remedies_demo.py``)."""
+METHODS = ("random", "less", *(f"less+{r}" for r in REMEDIES), BEST_ON_DEMO, "bm25", "rds")
+FIRST = ("random", "less", "less+zscore", "less+content_targets", "less+length_matched",
+         BEST_ON_DEMO, "bm25", "rds")  # fmt: skip
 """Run first for every target (``--first``), so that a run stopped early still answers
 the main question on every target; then every method."""
 
