@@ -3,13 +3,13 @@
 For each target (MMLU, BBH, TydiQA from ``../shared/data``), a stratified pool of 600
 examples, and the methods: random, paper LESS, LESS with each named remedy
 (``overrides.REMEDIES``; ``content_targets`` rather than ``content_tokens``: the pool
-stores are reused), the demo's best remedy (``content_targets+subspace``), BM25 and RDS. For every (method, seed): select 5% (30), fine-tune a
-fresh LoRA on it, keep the best epoch by loss on the target's examples, then measure
-held-out loss and the task metric on test questions never used as targets. A LESS seed
-is a warmup-subset seed (its own warmup, stores and selection), paired with the random
-draw of the same seed. ``compare.beats_random`` gives the paired difference against
-random with a 95% Student-t interval; the table and a plotly figure are written under
-``--out/<target>/``.
+stores are reused), the demo's best remedy (``content_targets+subspace``), BM25 and RDS.
+For every (method, seed): select 5% (30), fine-tune a fresh LoRA on it, keep the best
+epoch by loss on the target's examples, then measure held-out loss and the task metric
+on test questions never used as targets. A LESS seed is a warmup-subset seed (its own
+warmup, stores and selection), paired with the random draw of the same seed.
+``compare.beats_random`` gives the paired difference against random with a 95% Student-t
+interval; the table and a plotly figure are written under ``--out/<target>/``.
 
 Conditions (all flags), sized for about an hour on 2 CPU cores: SmolLM2-135M-Instruct in
 its chat template, fp32, max_length 128 (targets, training, held-out loss; prompt-side
