@@ -26,6 +26,10 @@ EXTRA = (
     "loss_drop",
     "zscore+length_matched",
     "zscore+dedup",
+    "zscore+content_targets+subspace",
+    "round_robin+content_targets+subspace",
+    "content_targets+subspace+length_matched",
+    "content_tokens+subspace",
 )
 
 
