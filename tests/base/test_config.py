@@ -45,7 +45,7 @@ from less_lab.overrides import PRESETS, build_configs
         ("gradients.adam_bias_correction=1", "gradients.adam_bias_correction", "true or false"),
         ("gradients.pool_feature=adamw", "gradients.pool_feature", "'adam', 'sgd', 'sign'"),
         ("warmup.train.lora.rr=3", "warmup.train.lora.rr", "fields: alpha, dropout, r"),
-        ("scoring.method=cosine", "scoring.method", "'paper', 'mean_of_shots', 'dot'"),
+        ("scoring.method=cosine", "scoring.method", "'paper', 'mean_of_shots', 'subspace', 'dot'"),
     ],
 )
 def test_bad_settings_name_key_value_and_what_is_allowed(setting, key, allowed):
