@@ -80,8 +80,10 @@ def test_subspace_scores_are_the_cone_cosines_of_the_stores(tmp_path, make_store
     lrs = [2e-5, 1e-5]
 
     def scores(tg, name):
-        ps = [make_store(tmp_path / f"{name}p{i}", m, checkpoint={"epoch": i}) for i, m in
-              enumerate(pools)]  # fmt: skip
+        ps = [
+            make_store(tmp_path / f"{name}p{i}", m, checkpoint={"epoch": i})
+            for i, m in enumerate(pools)
+        ]
         ts = [
             make_store(
                 tmp_path / f"{name}t{i}",
@@ -90,7 +92,7 @@ def test_subspace_scores_are_the_cone_cosines_of_the_stores(tmp_path, make_store
                 split="target",
                 feature="sgd",
                 checkpoint={"epoch": i},
-            )  # fmt: skip
+            )
             for i, m in enumerate(tg)
         ]
         cfg = ScoreConfig(method="subspace", chunk_rows=7)
@@ -105,7 +107,7 @@ def test_subspace_scores_are_the_cone_cosines_of_the_stores(tmp_path, make_store
             [
                 sum(w[c] * brute_cone_cosine(pools[c][r], tgts[c][sel[s]]) for c in range(2))
                 for s in subtasks
-            ]  # fmt: skip
+            ]
             for r in range(23)
         ]
     )
